@@ -1,0 +1,65 @@
+# The documented way to do everything. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default; on a GPU host: make install TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= configs/default.yaml
+CHECKPOINT ?= checkpoints/default
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-slow test-browser lint format train eval serve bench docker-lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed ## create the virtual environment with everything (CPU torch pinned)
+
+test: install ## run the test suite (no network, tiny models, a few minutes on 2 cores)
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+test-slow: install ## heavier checks: the real SmolLM2-135M model, multi-process training
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-browser: install ## drive the web page in headless Chromium (installs Chromium and Playwright)
+	bash scripts/install_browser.sh $(PY)
+	$(PY) -m pytest -m browser $(PYTEST_ARGS)
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+train: install ## train the checkpoint described by CONFIG (default: the bundled arithmetic task)
+	$(PY) -m training.train --config $(CONFIG)
+
+$(CHECKPOINT)/backtrack.json:
+	$(MAKE) train CONFIG=$(CONFIG)
+
+eval: install ## evaluate CHECKPOINT on the held-out synthetic set, writes <checkpoint>/eval.json
+	$(PY) -m training.evaluate --checkpoint $(CHECKPOINT)
+
+serve: install $(CHECKPOINT)/backtrack.json ## serve CHECKPOINT on HOST:PORT (trains the default first if missing)
+	$(PY) -m server --checkpoint $(CHECKPOINT) --host $(HOST) --port $(PORT)
+
+bench: install ## run the benchmarks, print a table, write benchmarks/results/*.json
+	$(PY) -m benchmarks
+
+docker-lint: install ## hadolint the Dockerfiles, validate compose, Prometheus config and dashboard
+	$(PY) -m pytest tests/docker $(PYTEST_ARGS)
+
+clean: ## remove the environment and caches (keeps checkpoints)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
