@@ -142,6 +142,23 @@ class Sequence:
             token, logprob = self._choose(logits, allow_backtrack=False)
         return self._append(token, logprob)
 
+    def force_token(self, token_id: int) -> list[Event]:
+        """Append `token_id` as if the model had chosen it (evaluation injects errors this way)."""
+        if self.done is not None:
+            return []
+        logprob = float(torch.log_softmax(self.next_logits, dim=-1)[token_id])
+        return self._append(token_id, logprob)
+
+    def backtrack(self) -> list[Event] | None:
+        """Erase the last visible token as if the model had emitted BT.
+
+        Returns the events, or None when the BT is ignored (nothing it may delete). Honours every
+        limit a model-chosen BT does, so tests and evaluation can drive rewinds directly.
+        """
+        if self.done is not None:
+            return []
+        return self._backtrack()
+
     def cancel(self, reason: str) -> list[Event]:
         """End the request now (client gone, timeout, shutdown) and free its cache."""
         if self.done is not None:
@@ -172,7 +189,7 @@ class Sequence:
 
     def _backtrack(self) -> list[Event] | None:
         """Erase the last visible token; None when the BT must be ignored."""
-        if self.params.backtrack_policy == "never" or not self._may_delete():
+        if not self._may_delete():
             self.counters.ignored_backtracks += 1
             return None
         if self.counters.backtracks >= self.params.max_backtracks:

@@ -19,7 +19,9 @@ PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 DEFAULT_ALPHABET = string.digits + "+-*=() " + string.ascii_lowercase + ".,:;?!'\"\n"
 
 
-def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> PreTrainedTokenizerFast:
+def build_char_tokenizer(
+    alphabet: str = DEFAULT_ALPHABET, with_backtrack: bool = True
+) -> PreTrainedTokenizerFast:
     """A tokenizer with one token per character of `alphabet`, BOS/EOS/PAD/UNK and BT.
 
     BPE with no merges splits text into characters; the Fuse decoder joins them back without
@@ -36,7 +38,7 @@ def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> PreTrainedTokenize
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        additional_special_tokens=[BACKTRACK_TOKEN],
+        additional_special_tokens=[BACKTRACK_TOKEN] if with_backtrack else [],
     )
     tokenizer.model_max_length = 512
     return tokenizer
