@@ -31,7 +31,7 @@ from backtrack.events import DoneEvent, Event
 from backtrack.params import GenerationParams
 from backtrack.sampling import build_processors, choose, mask_tokens, wants_backtrack
 from backtrack.stopping import find_stop, partial_stop_length
-from backtrack.stream import StreamView, VisibleToken
+from backtrack.stream import StreamView, VisibleOutput
 
 
 @torch.inference_mode()
@@ -177,7 +177,8 @@ class Sequence:
     def _choose(self, logits: torch.Tensor, allow_backtrack: bool) -> tuple[int, float]:
         if not allow_backtrack:
             logits = mask_tokens(logits, [self.backtrack_id])
-        context = torch.tensor(self.context_ids, device=logits.device)
+        # only the repetition penalty reads the context; skip building it otherwise
+        context = torch.tensor(self.context_ids if self.processors else [], device=logits.device)
         return choose(logits, context, self.processors, self.params.do_sample, self.generator)
 
     def _may_delete(self) -> bool:
@@ -231,13 +232,8 @@ class Sequence:
 
     # -- output ------------------------------------------------------------------------------
 
-    def _visible_tokens(self) -> list[VisibleToken]:
-        return [
-            VisibleToken(token_id, text, logprob)
-            for token_id, text, logprob in zip(
-                self.detok.ids, self.detok.texts, self.logprobs, strict=True
-            )
-        ]
+    def _visible(self) -> VisibleOutput:
+        return VisibleOutput(self.detok.ids, self.detok.texts, self.logprobs)
 
     def _release(self) -> list[Event]:
         """Show what can no longer be changed by a stop sequence (or, when asked, a deletion)."""
@@ -252,7 +248,7 @@ class Sequence:
         if self.hold_back_deletable and self._deletions_possible():
             final = self.counters.high_water - self.params.max_backtrack_depth
             limit = min(limit, max(0, final))
-        return self.view.release(self._visible_tokens(), limit)
+        return self.view.release(self._visible(), limit)
 
     def _deletions_possible(self) -> bool:
         return (
@@ -263,7 +259,7 @@ class Sequence:
     def _finish(self, reason: str, text_length: int | None = None) -> list[Event]:
         full_text = self.detok.text
         cut = len(full_text) if text_length is None else text_length
-        events = self.view.flush(self._visible_tokens(), cut)
+        events = self.view.flush(self._visible(), cut)
         self.done = DoneEvent(
             generated_text=full_text[:cut],
             finish_reason=reason,

@@ -26,6 +26,21 @@ class VisibleToken:
     logprob: float
 
 
+@dataclass(frozen=True)
+class VisibleOutput:
+    """The decoder's current output, as parallel lists (read, never copied, on every step)."""
+
+    ids: list[int]
+    texts: list[str]
+    logprobs: list[float]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> VisibleToken:
+        return VisibleToken(self.ids[index], self.texts[index], self.logprobs[index])
+
+
 class StreamView:
     def __init__(self) -> None:
         self.shown: list[VisibleToken] = []
@@ -37,7 +52,7 @@ class StreamView:
         removed = self.shown.pop()
         return [BacktrackEvent(index, removed.id, removed.text, backtracks)]
 
-    def release(self, visible: list[VisibleToken], limit: int) -> list[Event]:
+    def release(self, visible: VisibleOutput, limit: int) -> list[Event]:
         """Show the visible tokens up to (not including) index `limit` that are not shown yet."""
         events: list[Event] = []
         for index in range(len(self.shown), min(limit, len(visible))):
@@ -46,7 +61,7 @@ class StreamView:
             events.append(TokenEvent(index, token.id, token.text, token.logprob))
         return events
 
-    def flush(self, visible: list[VisibleToken], text_length: int) -> list[Event]:
+    def flush(self, visible: VisibleOutput, text_length: int) -> list[Event]:
         """Show the rest of the output, cut so that exactly `text_length` characters are shown."""
         shown_length = sum(len(token.text) for token in self.shown)
         events: list[Event] = []
