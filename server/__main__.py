@@ -1,0 +1,68 @@
+"""`python -m server --checkpoint DIR [--host H] [--port P] ...` (or `backtrack-serve`).
+
+Every flag has a `BACKTRACK_<NAME>` environment variable; `--help` lists them. A bad setting or
+a checkpoint that cannot be served ends the process with a message and exit status 2 or 1.
+On SIGTERM the server stops taking requests, lets in-flight ones finish for `shutdown_timeout`
+seconds, then ends the rest with a `done` event whose finish reason is `shutdown`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from types import FrameType
+
+import uvicorn
+
+from server.app import create_app
+from server.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("server")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: tell the engine to drain before uvicorn waits for open streams."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.fatal: str | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        engine = self.config.app.state.engine
+        if engine is not None:
+            engine.begin_shutdown(self.settings.shutdown_timeout)
+        super().handle_exit(sig, frame)
+
+    def on_fatal(self, message: str) -> None:
+        log.error(message)
+        self.fatal = message
+        self.should_exit = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5,
+    )
+    uvicorn_server = _Server(config, settings)
+    app.state.on_fatal = uvicorn_server.on_fatal
+    uvicorn_server.run()
+    if uvicorn_server.fatal is not None:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The HTTP layer: request schemas, thin routes, SSE framing and error bodies."""

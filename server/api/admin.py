@@ -1,0 +1,64 @@
+"""`GET /health`, `/info`, `/metrics`, and the web page at `/` when it is installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+import server
+from server.api.deps import Service
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+INDEX_PAGE = STATIC_DIR / "index.html"
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/health", summary="200 once the model can serve, 503 while it loads")
+async def health(request: Request) -> JSONResponse:
+    if request.app.state.service is None:
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/info", summary="Model, backtrack token, limits and version")
+async def info(request: Request, service: Service) -> dict[str, Any]:
+    settings = request.app.state.settings
+    served, limits = service.served, service.limits
+    return {
+        "model_id": served.model_id,
+        "model_path": str(served.path),
+        "model_dtype": str(served.dtype).removeprefix("torch."),
+        "model_device_type": served.device.type,
+        "backtrack_token": served.backtrack_token,
+        "backtrack_token_id": served.backtrack_id,
+        "objective": served.metadata.objective,
+        "task": served.metadata.task,
+        "max_input_tokens": min(limits.max_input_tokens, served.max_context - 1),
+        "max_new_tokens": limits.max_new_tokens,
+        "default_max_new_tokens": limits.default_max_new_tokens,
+        "max_context": served.max_context,
+        "max_concurrent_requests": settings.max_concurrent_requests,
+        "max_queue_size": settings.max_queue_size,
+        "request_timeout": settings.request_timeout,
+        "modes": ["rewind", "keep"],
+        "backtrack_policies": ["argmax", "threshold", "sample", "never"],
+        "version": server.__version__,
+        "router": "backtrack-serving",
+    }
+
+
+@router.get("/metrics", summary="Prometheus exposition")
+async def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> Response:
+    if INDEX_PAGE.is_file():
+        return FileResponse(INDEX_PAGE)
+    return JSONResponse({"service": "backtrack-serving", "docs": "/docs", "health": "/health"})

@@ -1,0 +1,103 @@
+"""Error bodies: every refusal is JSON naming what was wrong, never a 500 for bad input.
+
+TGI-style routes answer `{"error": str, "error_type": str}` (plus `field` for validation);
+`/v1/*` routes answer OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backtrack.params import InvalidParameter
+from server.engine import QueueFull, ShuttingDown
+
+
+class ApiError(Exception):
+    """A refusal with its status, type and (for validation) the offending field."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.error_type = status, message, error_type
+        self.field, self.headers = field, headers
+
+
+def error_response(request: Request, error: ApiError) -> JSONResponse:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None and request.method == "POST":
+        metrics.rejected_requests.labels(request.url.path, error.error_type).inc()
+    if request.url.path.startswith("/v1/"):
+        body: dict = {
+            "error": {
+                "message": error.message,
+                "type": error.error_type,
+                "param": error.field,
+                "code": error.status,
+            }
+        }
+    else:
+        body = {"error": error.message, "error_type": error.error_type}
+        if error.field is not None:
+            body["field"] = error.field
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def field_name(location: tuple | list) -> str:
+    """`("body", "parameters", "top_k")` -> `parameters.top_k`."""
+    parts = [str(part) for part in location if part != "body"]
+    return ".".join(parts) or "body"
+
+
+def validation_error(error: RequestValidationError) -> ApiError:
+    first = error.errors()[0]
+    name = field_name(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return ApiError(422, f"body: invalid JSON ({first.get('msg')})", "validation", "body")
+    return ApiError(422, f"{name}: {first.get('msg')}", "validation", name)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, ApiError)
+        return error_response(request, error)
+
+    async def on_validation(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        return error_response(request, validation_error(error))
+
+    async def on_invalid_parameter(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, InvalidParameter)
+        return error_response(request, ApiError(422, str(error), "validation", error.field))
+
+    async def on_queue_full(request: Request, error: Exception) -> JSONResponse:
+        message = f"server overloaded: {error}; retry later"
+        return error_response(
+            request, ApiError(429, message, "overloaded", headers={"Retry-After": "1"})
+        )
+
+    async def on_shutting_down(request: Request, error: Exception) -> JSONResponse:
+        return error_response(
+            request, ApiError(503, str(error), "unavailable", headers={"Retry-After": "5"})
+        )
+
+    async def on_http(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        return error_response(
+            request, ApiError(error.status_code, str(error.detail), "http", headers=error.headers)
+        )
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(InvalidParameter, on_invalid_parameter)
+    app.add_exception_handler(QueueFull, on_queue_full)
+    app.add_exception_handler(ShuttingDown, on_shutting_down)
+    app.add_exception_handler(StarletteHTTPException, on_http)

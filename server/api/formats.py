@@ -1,0 +1,40 @@
+"""Shapes shared by the response formats: finish-reason names and the final token list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backtrack.events import BacktrackEvent, Event, TokenEvent
+
+TGI_FINISH_REASONS = {"eos": "eos_token", "stop": "stop_sequence", "length": "length"}
+"""TGI's names; our other reasons (max_backtracks, timeout, cancelled, shutdown) pass through."""
+OPENAI_FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+def tgi_finish_reason(reason: str) -> str:
+    return TGI_FINISH_REASONS.get(reason, reason)
+
+
+def openai_finish_reason(reason: str) -> str:
+    return OPENAI_FINISH_REASONS.get(reason, reason)
+
+
+@dataclass(frozen=True)
+class FinalToken:
+    id: int
+    text: str
+    logprob: float
+
+    def tgi(self) -> dict:
+        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": False}
+
+
+def final_tokens(events: list[Event]) -> list[FinalToken]:
+    """The tokens left on screen once every token and backtrack event is applied."""
+    shown: list[FinalToken] = []
+    for event in events:
+        if isinstance(event, TokenEvent):
+            shown.append(FinalToken(event.id, event.text, event.logprob))
+        elif isinstance(event, BacktrackEvent):
+            shown.pop()
+    return shown

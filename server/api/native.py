@@ -1,0 +1,142 @@
+"""`POST /generate` (JSON or the native SSE stream), `POST /generate_stream` and `POST /` (TGI).
+
+The native stream names its events (`token`, `backtrack`, `done`) so clients can show deletions
+live. The TGI stream is plain `data:` lines, one per token, the last carrying `generated_text`;
+by default it holds back tokens a later backtrack could delete, because TGI clients cannot erase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from backtrack.events import BacktrackEvent, DoneEvent, TokenEvent, event_payload
+from server.api.deps import Service, require_api_key
+from server.api.errors import ApiError
+from server.api.formats import final_tokens, tgi_finish_reason
+from server.api.schemas import GenerateRequest, tgi_params
+from server.api.streaming import collect, sse_data, sse_event, sse_response
+from server.engine import Stream
+from server.service import GenerationService
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["generation"])
+
+
+def _submit(service: GenerationService, body: GenerateRequest, endpoint: str, hold: bool) -> Stream:
+    params = tgi_params(body.parameters, service.limits)
+    prompt_ids = service.encode_prompt(body.inputs, "inputs")
+    if body.parameters.hold_back_deletable is not None:
+        hold = body.parameters.hold_back_deletable
+    return service.submit(prompt_ids, params, endpoint, hold_back_deletable=hold)
+
+
+@router.post("/generate", summary="Generate text (JSON, or the native SSE stream with stream=true)")
+async def generate(body: GenerateRequest, request: Request, service: Service) -> Any:
+    if body.stream:
+        stream = _submit(service, body, "/generate", hold=False)
+        return sse_response(stream, native_frames)
+    return await _generate_json(body, request, service, "/generate")
+
+
+@router.post("/generate_stream", summary="TGI's streaming format (plain data: lines)")
+async def generate_stream(body: GenerateRequest, service: Service) -> Response:
+    stream = _submit(service, body, "/generate_stream", hold=True)
+    return sse_response(stream, TgiRenderer(service, body.parameters.details).frames)
+
+
+@router.post("/", summary="TGI's compatibility route: /generate or /generate_stream by `stream`")
+async def compat_generate(body: GenerateRequest, request: Request, service: Service) -> Any:
+    if body.stream:
+        return await generate_stream(body, service)
+    return await _generate_json(body, request, service, "/")
+
+
+async def _generate_json(
+    body: GenerateRequest, request: Request, service: GenerationService, endpoint: str
+) -> dict[str, Any]:
+    stream = _submit(service, body, endpoint, hold=False)
+    events, done = await collect(stream, request)
+    if done.finish_reason == "error":
+        raise ApiError(424, "generation failed; see the server log", "generation")
+    answer: dict[str, Any] = {"generated_text": done.generated_text}
+    if body.parameters.details:
+        answer["details"] = {
+            **tgi_details(done),
+            "prefill": [],
+            "tokens": [token.tgi() for token in final_tokens(events)],
+            "prompt_tokens": done.prompt_tokens,
+            "sampled_tokens": done.sampled_tokens,
+            "ignored_backtracks": done.ignored_backtracks,
+        }
+    return answer
+
+
+def tgi_details(done: DoneEvent) -> dict[str, Any]:
+    return {
+        "finish_reason": tgi_finish_reason(done.finish_reason),
+        "generated_tokens": done.generated_tokens,
+        "seed": done.seed,
+        "backtracks": done.backtracks,
+        "deleted_tokens": done.removed_tokens,
+    }
+
+
+async def native_frames(stream: Stream) -> AsyncIterator[str]:
+    async for event in stream:
+        yield sse_event(event.kind, event_payload(event))
+
+
+class TgiRenderer:
+    """TGI stream lines; the last token line is held until `done` so it can carry the result."""
+
+    def __init__(self, service: GenerationService, details: bool) -> None:
+        self.served = service.served
+        self.details = details
+
+    async def frames(self, stream: Stream) -> AsyncIterator[str]:
+        pending: dict[str, Any] | None = None
+        async for event in stream:
+            if isinstance(event, TokenEvent | BacktrackEvent):
+                if pending is not None:
+                    yield sse_data(pending)
+                pending = self._line(event)
+            elif isinstance(event, DoneEvent):
+                yield sse_data(self._last_line(pending, event))
+
+    def _line(self, event: TokenEvent | BacktrackEvent) -> dict[str, Any]:
+        if isinstance(event, TokenEvent):
+            token = {"id": event.id, "text": event.text, "logprob": event.logprob, "special": False}
+            return {"index": event.index, "token": token, "generated_text": None, "details": None}
+        # Only when hold-back is off: the deletion appears as the special BT token.
+        token = {
+            "id": self.served.backtrack_id,
+            "text": self.served.backtrack_token,
+            "logprob": 0.0,
+            "special": True,
+        }
+        return {
+            "index": event.index,
+            "token": token,
+            "generated_text": None,
+            "details": None,
+            "backtrack": event_payload(event),
+        }
+
+    def _last_line(self, pending: dict[str, Any] | None, done: DoneEvent) -> dict[str, Any]:
+        if done.finish_reason == "error":
+            return {"error": "generation failed; see the server log", "error_type": "generation"}
+        if pending is None:  # nothing shown (e.g. EOS at once): TGI ends on a special token
+            eos = self.served.tokenizer.eos_token_id
+            token = {
+                "id": eos if eos is not None else 0,
+                "text": "",
+                "logprob": 0.0,
+                "special": True,
+            }
+            pending = {"index": 0, "token": token}
+        pending["generated_text"] = done.generated_text
+        pending["details"] = tgi_details(done) if self.details else None
+        return pending

@@ -1,0 +1,193 @@
+"""Request bodies of every endpoint (pydantic), and their translation into GenerationParams.
+
+Types are checked by pydantic (422 naming the field); ranges by `GenerationParams` itself
+(`InvalidParameter`, also 422 naming the field); limits of this server by `Limits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backtrack.params import GenerationParams, InvalidParameter
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_input_tokens: int
+    max_new_tokens: int
+    default_max_new_tokens: int
+
+
+class BacktrackOptions(BaseModel):
+    """The backtrack parameters every generation endpoint accepts beside its own."""
+
+    max_backtracks: int | None = None
+    max_backtrack_depth: int | None = None
+    mode: Literal["rewind", "keep"] | None = None
+    backtrack_policy: Literal["argmax", "threshold", "sample", "never"] | None = None
+    backtrack_threshold: float | None = None
+
+
+class Parameters(BacktrackOptions):
+    """TGI's parameter names plus the backtrack ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    do_sample: bool = False
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    details: bool = False
+    hold_back_deletable: bool | None = None
+    """Never stream a token a later backtrack could delete (default: off on /generate, on for TGI)."""
+    # Accepted for TGI compatibility; they do not change decoding here.
+    return_full_text: bool | None = None
+    decoder_input_details: bool = False
+    truncate: int | None = None
+    watermark: bool = False
+    typical_p: float | None = None
+    best_of: int | None = None
+    top_n_tokens: int | None = None
+    frequency_penalty: float | None = None
+    grammar: Any = None
+    adapter_id: str | None = None
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str
+    parameters: Parameters = Field(default_factory=Parameters)
+    stream: bool = False
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class OpenAIOptions(BacktrackOptions):
+    """Fields shared by /v1/completions and /v1/chat/completions (unknown ones are ignored)."""
+
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    hold_back_deletable: bool = True
+    """Default on: OpenAI clients cannot erase, so a streamed token is never one later deleted."""
+    user: str | None = None
+
+
+class CompletionRequest(OpenAIOptions):
+    prompt: str | list[str]
+    max_tokens: int | None = 16
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+
+
+class ChatCompletionRequest(OpenAIOptions):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+def build_params(
+    limits: Limits,
+    *,
+    max_new_tokens: int | None,
+    field_prefix: str,
+    options: BacktrackOptions,
+    sampling: dict[str, Any],
+    stop: list[str],
+    max_tokens_name: str = "max_new_tokens",
+) -> GenerationParams:
+    """GenerationParams from request fields; InvalidParameter names the request's own field."""
+    if max_new_tokens is None:
+        max_new_tokens = min(limits.default_max_new_tokens, limits.max_new_tokens)
+    if max_new_tokens > limits.max_new_tokens:
+        raise InvalidParameter(
+            f"{field_prefix}{max_tokens_name}",
+            f"must be at most {limits.max_new_tokens} (got {max_new_tokens})",
+        )
+    values = {key: value for key, value in sampling.items() if value is not None}
+    values.update(options.model_dump(exclude_none=True, include=set(BacktrackOptions.model_fields)))
+    try:
+        return GenerationParams(max_new_tokens=max_new_tokens, stop=stop, **values)
+    except InvalidParameter as error:
+        message = str(error).removeprefix(error.field).strip()
+        name = max_tokens_name if error.field == "max_new_tokens" else error.field
+        raise InvalidParameter(f"{field_prefix}{name}", message) from None
+
+
+def tgi_params(parameters: Parameters, limits: Limits) -> GenerationParams:
+    sampling = {
+        "temperature": parameters.temperature,
+        "top_k": parameters.top_k,
+        "top_p": parameters.top_p,
+        "min_p": parameters.min_p,
+        "repetition_penalty": parameters.repetition_penalty,
+        "seed": parameters.seed,
+        "do_sample": parameters.do_sample,
+    }
+    return build_params(
+        limits,
+        max_new_tokens=parameters.max_new_tokens,
+        field_prefix="parameters.",
+        options=parameters,
+        sampling=sampling,
+        stop=parameters.stop,
+    )
+
+
+def openai_params(
+    body: CompletionRequest | ChatCompletionRequest, limits: Limits
+) -> GenerationParams:
+    """OpenAI semantics: sampling unless temperature is 0 (which means greedy)."""
+    if body.n != 1:
+        raise InvalidParameter("n", "must be 1 (one choice per request)")
+    greedy = body.temperature == 0
+    sampling = {
+        "temperature": None if greedy else body.temperature,
+        "top_k": body.top_k,
+        "top_p": body.top_p,
+        "min_p": body.min_p,
+        "repetition_penalty": body.repetition_penalty,
+        "seed": body.seed,
+        "do_sample": not greedy,
+    }
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    max_tokens = body.max_tokens
+    name = "max_tokens"
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        max_tokens, name = body.max_completion_tokens, "max_completion_tokens"
+    return build_params(
+        limits,
+        max_new_tokens=max_tokens,
+        field_prefix="",
+        options=body,
+        sampling=sampling,
+        stop=stop,
+        max_tokens_name=name,
+    )

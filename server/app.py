@@ -1,0 +1,97 @@
+"""The FastAPI application: routes, error handlers, and the model loaded in the background.
+
+`/health` answers 503 until the checkpoint is loaded and the engine runs, then 200. A checkpoint
+that cannot be served calls `on_fatal` with a clear message (the CLI then exits non-zero).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+import server
+from backtrack.checkpoint import CheckpointError
+from server.api import admin, native, openai
+from server.api.errors import install_error_handlers
+from server.api.schemas import Limits
+from server.engine import Engine
+from server.loading import load_served_model
+from server.metrics import Metrics
+from server.service import GenerationService
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    app = FastAPI(
+        title="backtrack-serving",
+        version=server.__version__,
+        description="Generation with <|BACKTRACK|>: tokens and deletions streamed over SSE.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.service = None
+    app.state.engine = None
+    app.state.on_fatal = on_fatal or (lambda message: log.error(message))
+    install_error_handlers(app)
+    for module in (admin, native, openai):
+        app.include_router(module.router)
+    if admin.STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=admin.STATIC_DIR), name="static")
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    loading = asyncio.create_task(_load(app))
+    try:
+        yield
+    finally:
+        loading.cancel()
+        if app.state.engine is not None:
+            await asyncio.to_thread(app.state.engine.stop)
+
+
+async def _load(app: FastAPI) -> None:
+    """Load the checkpoint off the event loop, so /health can answer 503 meanwhile."""
+    settings: Settings = app.state.settings
+    log.info("loading checkpoint %s", settings.checkpoint)
+    try:
+        served = await asyncio.to_thread(load_served_model, settings)
+    except (CheckpointError, ValueError, OSError) as error:
+        app.state.on_fatal(f"cannot serve the checkpoint: {error}")
+        return
+    except Exception as error:
+        log.exception("loading the checkpoint failed")
+        app.state.on_fatal(f"cannot serve the checkpoint: {error}")
+        return
+    engine = Engine(
+        served,
+        app.state.metrics,
+        max_running=settings.max_concurrent_requests,
+        max_waiting=settings.max_queue_size,
+    )
+    engine.start()
+    limits = Limits(
+        max_input_tokens=settings.max_input_tokens,
+        max_new_tokens=settings.max_new_tokens,
+        default_max_new_tokens=settings.default_max_new_tokens,
+    )
+    app.state.engine = engine
+    app.state.service = GenerationService(served, engine, limits, settings.request_timeout)
+    log.info("serving %s (%s, %s)", served.model_id, served.device, served.dtype)

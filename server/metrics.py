@@ -1,0 +1,109 @@
+"""Prometheus metrics, defined once on the server's own registry.
+
+The names are a contract (dashboards are built on them). Latency buckets run from 1 ms to about
+43 minutes so both GPU-scale (milliseconds) and CPU-scale (seconds) latencies resolve.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    320.0,
+    640.0,
+    1280.0,
+    2560.0,
+)
+BACKTRACK_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class Metrics:
+    """Every metric the server exports, on one registry (several servers in one process are fine)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "backtrack_requests",
+            "Finished generation requests, by endpoint and finish reason.",
+            ["endpoint", "finish_reason"],
+            registry=r,
+        )
+        self.rejected_requests = Counter(
+            "backtrack_rejected_requests",
+            "Requests refused before generation, by endpoint and reason (validation, overloaded, unauthorized).",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            "backtrack_generated_tokens",
+            "Ordinary tokens sampled, the ones later deleted included.",
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "backtrack_prompt_tokens", "Prompt tokens prefilled.", registry=r
+        )
+        self.backtracks = Counter(
+            "backtrack_backtracks", "Backtracks taken (each erases one token).", registry=r
+        )
+        self.deleted_tokens = Counter(
+            "backtrack_deleted_tokens", "Tokens erased by backtracks.", registry=r
+        )
+        self.request_backtracks = Histogram(
+            "backtrack_request_backtracks",
+            "Backtracks per finished request.",
+            buckets=BACKTRACK_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "backtrack_time_to_first_token_seconds",
+            "From arrival to the first token sent to the client.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "backtrack_inter_token_latency_seconds",
+            "Between consecutive tokens sent to the client.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e_request_latency = Histogram(
+            "backtrack_e2e_request_latency_seconds",
+            "From arrival to the end of generation.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_size = Gauge(
+            "backtrack_queue_size", "Requests waiting for a decoding slot.", registry=r
+        )
+        self.running_requests = Gauge(
+            "backtrack_running_requests", "Requests being decoded.", registry=r
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format body and its content type, for GET /metrics."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,45 @@
+"""Between the routes and the engine: prompts to ids within the limits, requests to streams."""
+
+from __future__ import annotations
+
+from backtrack.params import GenerationParams, InvalidParameter
+from server.api.schemas import Limits
+from server.engine import Engine, GenerationRequest, Stream
+from server.loading import ServedModel
+
+
+class GenerationService:
+    def __init__(
+        self, served: ServedModel, engine: Engine, limits: Limits, request_timeout: float
+    ) -> None:
+        self.served, self.engine, self.limits = served, engine, limits
+        self.request_timeout = request_timeout
+
+    def encode_prompt(self, text: str, field: str) -> list[int]:
+        """Token ids of a prompt; InvalidParameter (422) when empty or too long."""
+        ids = self.served.encode(text)
+        if not ids:
+            raise InvalidParameter(field, "must not be empty")
+        limit = min(self.limits.max_input_tokens, self.served.max_context - 1)
+        if len(ids) > limit:
+            raise InvalidParameter(
+                field, f"is {len(ids)} tokens long; the limit is {limit} input tokens"
+            )
+        return ids
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        endpoint: str,
+        hold_back_deletable: bool,
+    ) -> Stream:
+        """Queue the request; QueueFull / ShuttingDown propagate (429 / 503)."""
+        request = GenerationRequest(
+            prompt_ids=prompt_ids,
+            params=params,
+            endpoint=endpoint,
+            hold_back_deletable=hold_back_deletable,
+            timeout=self.request_timeout,
+        )
+        return self.engine.submit(request)

@@ -1,0 +1,106 @@
+"""The server's one settings object: environment variables (`BACKTRACK_*`) and CLI flags.
+
+    python -m server --checkpoint checkpoints/default --port 8080
+    BACKTRACK_CHECKPOINT=checkpoints/default BACKTRACK_API_KEY=secret python -m server
+
+CLI flags override the environment. Everything is validated here, once, so a bad value stops
+start-up with a message naming the setting; the rest of the server receives typed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backtrack.device import resolve_device
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Each field is `BACKTRACK_<NAME>` or `--<name>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BACKTRACK_",
+        extra="forbid",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m server",
+    )
+
+    checkpoint: Path = Field(Path("checkpoints/default"), description="checkpoint directory")
+    model_id: str | None = Field(
+        None, description="name in /info and OpenAI answers (default: the directory name)"
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file inside the checkpoint directory, if any"
+    )
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype"
+    )
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
+    max_input_tokens: int = Field(1024, ge=1, description="longest prompt accepted, in tokens")
+    max_new_tokens: int = Field(
+        512, ge=1, description="largest max_new_tokens a request may ask for"
+    )
+    default_max_new_tokens: int = Field(
+        64, ge=1, description="max_new_tokens when a request gives none"
+    )
+    max_concurrent_requests: int = Field(16, ge=1, description="requests decoded at once")
+    max_queue_size: int = Field(64, ge=0, description="requests waiting for a slot; beyond it: 429")
+    request_timeout: float = Field(
+        300.0, gt=0, description="seconds before a request ends with finish_reason timeout"
+    )
+    shutdown_timeout: float = Field(
+        10.0, ge=0, description="seconds in-flight requests get to finish after SIGTERM"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="if set, generation needs 'Authorization: Bearer <key>'"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed by CORS (JSON list)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log verbosity"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        resolve_device(value)  # raises ValueError naming the problem
+        return value
+
+    @property
+    def served_model_id(self) -> str:
+        return self.model_id or self.checkpoint.resolve().name
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by `argv` flags; SettingsError on a bad value."""
+    try:
+        return Settings(_cli_parse_args=argv or [], _cli_exit_on_error=False)
+    except ValidationError as error:
+        raise SettingsError(describe(error)) from None
+    except SystemExit as error:  # argparse's own errors (unknown flag, missing value)
+        if error.code in (0, None):  # --help
+            raise
+        raise SettingsError(f"invalid command line: {error}") from None
+    except Exception as error:  # pydantic-settings wraps argparse errors in SettingsError
+        raise SettingsError(str(error)) from None
+
+
+def describe(error: ValidationError) -> str:
+    """One line per bad setting: `setting max_queue_size: Input should be ... (got 'x')`."""
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "settings"
+        lines.append(f"setting {name}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
