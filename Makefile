@@ -58,7 +58,8 @@ serve: install $(CHECKPOINT)/backtrack.json ## serve CHECKPOINT on HOST:PORT (tr
 bench: install ## run the benchmarks, print a table, write benchmarks/results/*.json
 	$(PY) -m benchmarks
 
-docker-lint: install ## hadolint the Dockerfiles, validate compose, Prometheus config and dashboard
+docker-lint: install ## hadolint the Dockerfiles, validate compose, Prometheus config and dashboard (installs promtool)
+	bash scripts/install_promtool.sh
 	$(PY) -m pytest tests/docker $(PYTEST_ARGS)
 
 clean: ## remove the environment and caches (keeps checkpoints)

@@ -1,0 +1,110 @@
+"""docker/compose.yaml: valid against the compose spec, and wired the way the README says.
+
+`docker compose config` validates the files and resolves them (defaults, anchors, the CPU
+override's `!reset`); the checks below read that resolved model, as Docker would run it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.docker.tools import (
+    COMPOSE,
+    COMPOSE_CPU,
+    DOCKER,
+    GRAFANA,
+    PROMETHEUS_CONFIG,
+    compose_config,
+)
+
+
+@pytest.fixture(scope="module")
+def gpu() -> dict:
+    return compose_config(COMPOSE)["services"]
+
+
+@pytest.fixture(scope="module")
+def cpu() -> dict:
+    return compose_config(COMPOSE, COMPOSE_CPU)["services"]
+
+
+def gpu_devices(service: dict) -> list[dict]:
+    reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    return [device for device in reservations.get("devices", []) if "gpu" in device["capabilities"]]
+
+
+def mount(service: dict, target: str) -> dict:
+    mounts = [volume for volume in service["volumes"] if volume["target"] == target]
+    assert mounts, f"nothing is mounted at {target}: {service['volumes']}"
+    return mounts[0]
+
+
+def test_the_server_and_training_reserve_the_gpu(gpu):
+    for name in ("server", "train"):
+        assert gpu_devices(gpu[name]), f"{name} has no GPU reservation"
+        assert gpu[name]["build"]["args"]["VARIANT"] == "gpu"
+
+
+def test_the_cpu_override_drops_the_gpu_and_builds_the_cpu_image(cpu):
+    for name in ("server", "train"):
+        assert not gpu_devices(cpu[name]), f"{name} still reserves a GPU on CPU hosts"
+        assert cpu[name]["build"]["args"]["VARIANT"] == "cpu"
+    assert cpu["server"]["environment"]["BACKTRACK_DEVICE"] == "cpu"
+
+
+def test_the_server_serves_a_read_only_checkpoint_from_models(gpu):
+    server = gpu["server"]
+    models = mount(server, "/models")
+    assert models["read_only"]
+    assert server["environment"]["BACKTRACK_CHECKPOINT"] == "/models/default"
+
+
+def test_training_writes_where_the_server_reads(gpu):
+    """`compose run train` then `compose up` serves the model just trained, with no copying."""
+    written = mount(gpu["train"], "/app/checkpoints")["source"]
+    assert written == mount(gpu["server"], "/models")["source"]
+    assert Path(written) == (DOCKER / ".." / "checkpoints").resolve()  # where `make train` writes
+    assert gpu["train"]["command"] == ["train"]
+    assert gpu["train"]["profiles"] == ["train"]  # `compose up` never starts a training run
+
+
+def test_the_server_is_published_and_health_checked(gpu):
+    server = gpu["server"]
+    port = int(server["environment"]["BACKTRACK_PORT"])
+    assert [p["target"] for p in server["ports"]] == [port]
+    assert server["environment"]["BACKTRACK_HOST"] == "0.0.0.0"
+    assert server["healthcheck"]["test"] == ["CMD", "python", "/app/docker/healthcheck.py"]
+
+
+def test_the_api_key_is_passed_through_only_when_set(gpu):
+    """An empty BACKTRACK_API_KEY would mean 'no key' or 'empty key'; unset is unambiguous."""
+    assert gpu["server"]["environment"]["BACKTRACK_API_KEY"] is None
+
+
+def test_prometheus_reads_the_config_in_this_directory(gpu):
+    config = mount(gpu["prometheus"], "/etc/prometheus/prometheus.yml")
+    assert Path(config["source"]) == PROMETHEUS_CONFIG
+    assert "--config.file=/etc/prometheus/prometheus.yml" in gpu["prometheus"]["command"]
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_dashboards(gpu):
+    grafana = gpu["grafana"]
+    assert Path(mount(grafana, "/etc/grafana/provisioning")["source"]) == GRAFANA / "provisioning"
+    dashboards = mount(grafana, "/etc/grafana/dashboards")
+    assert Path(dashboards["source"]) == GRAFANA / "dashboards"
+    provider = yaml.safe_load(
+        (GRAFANA / "provisioning/dashboards/backtrack-serving.yaml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == dashboards["target"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (GRAFANA / "dashboards" / Path(home).name).is_file()
+    assert home.startswith(dashboards["target"] + "/")
+
+
+def test_images_are_pinned(gpu):
+    for name in ("prometheus", "grafana"):
+        image = gpu[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image

