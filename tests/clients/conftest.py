@@ -1,0 +1,46 @@
+"""Client fixtures: event streams recorded from the real decoder on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backtrack.decoder import Sequence
+from backtrack.events import Event, event_payload
+from backtrack.params import GenerationParams
+
+
+def record_events(model, tokenizer, backtrack_id: int) -> list[Event]:
+    """A real generation with deletions: three tokens, one erased, two more, two erased, to the end.
+
+    The rewinds are driven through `Sequence.backtrack()`, which honours every rule a
+    model-chosen BT does, so the events are exactly what the server would stream.
+    """
+    prompt_ids = tokenizer.encode("123+456=")
+    sequence = Sequence(
+        model, tokenizer, backtrack_id, prompt_ids, GenerationParams(max_new_tokens=12)
+    )
+    events: list[Event] = []
+    for action in ["step"] * 3 + ["backtrack"] + ["step"] * 2 + ["backtrack"] * 2:
+        produced = sequence.step() if action == "step" else sequence.backtrack()
+        events.extend(produced or [])
+    while not sequence.finished:
+        events.extend(sequence.step())
+    return events
+
+
+def to_sse(events: list[Event], newline: str = "\n") -> bytes:
+    """The native stream's bytes for `events`, framed as the server frames them."""
+    frames = [
+        f"event: {event.kind}{newline}data: {json.dumps(event_payload(event))}{newline}{newline}"
+        for event in events
+    ]
+    return "".join(frames).encode()
+
+
+@pytest.fixture(scope="session")
+def recorded_events(tiny_model, char_tokenizer, backtrack_id) -> list[Event]:
+    events = record_events(tiny_model, char_tokenizer, backtrack_id)
+    assert sum(event.kind == "backtrack" for event in events) == 3
+    return events
