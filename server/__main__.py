@@ -14,7 +14,6 @@ from types import FrameType
 
 import uvicorn
 
-from server.app import create_app
 from server.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("server")
@@ -46,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    from server.app import create_app  # after the settings: a bad flag fails without loading torch
+
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
