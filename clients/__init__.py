@@ -3,7 +3,13 @@
 The web page lives with the server (`server/static/index.html`) and speaks the same stream.
 """
 
-from clients.client import AsyncBacktrackClient, BacktrackClient, Generation, Parameters
+from clients.client import (
+    AsyncBacktrackClient,
+    BacktrackClient,
+    Details,
+    Generation,
+    Parameters,
+)
 from clients.errors import (
     APIConnectionError,
     APIError,
@@ -28,6 +34,7 @@ __all__ = [
     "BacktrackClient",
     "BacktrackClientError",
     "BacktrackEvent",
+    "Details",
     "DoneEvent",
     "Event",
     "Generation",

@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
 import httpx
@@ -56,6 +56,26 @@ class Parameters(TypedDict, total=False):
     mode: Literal["rewind", "keep"]
     backtrack_policy: Literal["argmax", "threshold", "sample", "never"]
     backtrack_threshold: float
+    hold_back_deletable: bool
+    """Never stream a token a later backtrack could delete (the stream then has no deletions)."""
+
+
+@dataclass(frozen=True)
+class Details:
+    """What the server reports about a finished non-streaming generation."""
+
+    finish_reason: str
+    """TGI's names: eos_token | length | stop_sequence, or ours (max_backtracks, timeout, ...)."""
+    generated_tokens: int
+    backtracks: int = 0
+    seed: int | None = None
+    deleted_tokens: list[dict[str, Any]] = field(default_factory=list)
+    """`{"id", "text", "index"}` of every deleted token, in deletion order."""
+    tokens: list[dict[str, Any]] = field(default_factory=list)
+    """The final tokens: `{"id", "text", "logprob", "special"}`."""
+    prompt_tokens: int = 0
+    sampled_tokens: int = 0
+    ignored_backtracks: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,8 +84,8 @@ class Generation:
 
     generated_text: str
     """The final text, after every deletion."""
-    details: dict[str, Any] | None
-    """The server's details (finish reason, token and backtrack counts, ...) when asked for."""
+    details: Details | None
+    """Present unless the request said `details=False`."""
 
 
 def request_body(inputs: str, parameters: Parameters, stream: bool) -> dict[str, Any]:
@@ -85,10 +105,14 @@ def _timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
 
 
 def _generation(response: httpx.Response) -> Generation:
+    """Parse the JSON answer; unknown keys are ignored so newer servers keep working."""
     try:
         payload = response.json()
-        return Generation(str(payload["generated_text"]), payload.get("details"))
-    except (ValueError, KeyError, TypeError) as exc:
+        raw = payload.get("details")
+        known = {f.name for f in fields(Details)}
+        details = Details(**{k: v for k, v in raw.items() if k in known}) if raw else None
+        return Generation(str(payload["generated_text"]), details)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"unexpected answer: {response.text[:200]!r}") from exc
 
 

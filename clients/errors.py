@@ -8,6 +8,7 @@ callers can `except OverloadedError` or `except ValidationError` without reading
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -32,7 +33,7 @@ class APIError(BacktrackClientError):
 
     `status` is the HTTP status (for an error sent mid-stream, the status the stream began
     with), `message` and `error_type` are the server's own words, `retry_after` the seconds of
-    its `Retry-After` header, when it sent one.
+    its `Retry-After` header, when it sent one; `field` the rejected parameter, for validation.
     """
 
     def __init__(
@@ -41,12 +42,14 @@ class APIError(BacktrackClientError):
         message: str,
         error_type: str | None = None,
         retry_after: float | None = None,
+        field: str | None = None,
     ) -> None:
         super().__init__(f"{status} {error_type or 'error'}: {message}")
         self.status = status
         self.message = message
         self.error_type = error_type
         self.retry_after = retry_after
+        self.field = field
 
 
 class ValidationError(APIError):
@@ -77,29 +80,39 @@ _BY_STATUS: dict[int, type[APIError]] = {
 }
 
 
-def error_message(body: bytes) -> tuple[str, str | None]:
-    """The server's message and error type from an error body, whatever its shape."""
+@dataclass(frozen=True)
+class ErrorBody:
+    message: str
+    error_type: str | None = None
+    field: str | None = None
+
+
+def parse_error_body(body: bytes) -> ErrorBody:
+    """The server's message, error type and field from an error body, whatever its shape."""
     try:
         payload: Any = json.loads(body)
     except ValueError:
-        return body.decode("utf-8", errors="replace").strip() or "no message", None
+        return ErrorBody(body.decode("utf-8", errors="replace").strip() or "no message")
     if isinstance(payload, dict):
         error = payload.get("error")
-        if isinstance(error, dict):  # OpenAI's shape: {"error": {"message", "type"}}
-            return str(error.get("message", error)), error.get("type")
+        if isinstance(error, dict):  # OpenAI's shape: {"error": {"message", "type", "param"}}
+            return ErrorBody(
+                str(error.get("message", error)), error.get("type"), error.get("param")
+            )
         if error is not None:
-            return str(error), payload.get("error_type")
+            return ErrorBody(str(error), payload.get("error_type"), payload.get("field"))
         if "detail" in payload:  # a framework's default error body
-            return json.dumps(payload["detail"]), None
-    return json.dumps(payload), None
+            return ErrorBody(json.dumps(payload["detail"]))
+    return ErrorBody(json.dumps(payload))
 
 
 def error_from_response(status: int, body: bytes, retry_after: float | None) -> APIError:
-    message, error_type = error_message(body)
-    return _BY_STATUS.get(status, APIError)(status, message, error_type, retry_after)
+    error = parse_error_body(body)
+    error_class = _BY_STATUS.get(status, APIError)
+    return error_class(status, error.message, error.error_type, retry_after, error.field)
 
 
 def stream_error(status: int, data: str) -> StreamError:
     """An `event: error` payload turned into an exception."""
-    message, error_type = error_message(data.encode())
-    return StreamError(status, message, error_type)
+    error = parse_error_body(data.encode())
+    return StreamError(status, error.message, error.error_type, field=error.field)

@@ -1,14 +1,21 @@
-"""Client fixtures: event streams recorded from the real decoder on the tiny model."""
+"""Client fixtures: streams recorded from the real decoder, and the real server on a checkpoint
+that backtracks at known places (the server tests' scripted checkpoint)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from backtrack.decoder import Sequence
 from backtrack.events import Event, event_payload
 from backtrack.params import GenerationParams
+from tests.server.conftest import SCRIPT, save_scripted_checkpoint
+from tests.serving import ServerHandle, running_server
+
+API_KEY = "client-test-key"
 
 
 def record_events(model, tokenizer, backtrack_id: int) -> list[Event]:
@@ -44,3 +51,18 @@ def recorded_events(tiny_model, char_tokenizer, backtrack_id) -> list[Event]:
     events = record_events(tiny_model, char_tokenizer, backtrack_id)
     assert sum(event.kind == "backtrack" for event in events) == 3
     return events
+
+
+@pytest.fixture(scope="session")
+def backtracking_checkpoint_dir(tmp_path_factory) -> Path:
+    """A real checkpoint whose greedy answer to `1+1=` deletes `3` and `x` on its way to `2 ok`."""
+    return save_scripted_checkpoint(tmp_path_factory.mktemp("backtracking-checkpoint"), SCRIPT)
+
+
+@pytest.fixture(scope="session")
+def live_server(backtracking_checkpoint_dir) -> Iterator[ServerHandle]:
+    """The real server process on the backtracking checkpoint, guarded by an API key."""
+    with running_server(
+        backtracking_checkpoint_dir, api_key=API_KEY, max_new_tokens=4000
+    ) as handle:
+        yield handle

@@ -116,10 +116,12 @@ def test_api_key_is_sent_as_a_bearer_token_and_401_raises():
 
 
 def test_generate_returns_text_and_details_and_asks_for_details():
-    reply = json_reply(200, {"generated_text": "579", "details": {"backtracks": 2}})
+    details = {"finish_reason": "eos_token", "generated_tokens": 3, "backtracks": 2, "new": 1}
+    reply = json_reply(200, {"generated_text": "579", "details": details})
     with client_for(reply) as (client, script):
         result = client.generate("123+456=", max_new_tokens=4)
-    assert (result.generated_text, result.details) == ("579", {"backtracks": 2})
+    assert result.generated_text == "579"
+    assert (result.details.finish_reason, result.details.backtracks) == ("eos_token", 2)
     assert script.received[0].body["parameters"] == {"max_new_tokens": 4, "details": True}
     assert script.received[0].body["stream"] is False
 
