@@ -1,0 +1,125 @@
+"""Bad input answers 422 naming the field; a missing API key answers 401. Never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.server.conftest import API_KEY, PROMPT
+
+
+@pytest.fixture
+def client(server) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"parameters": {}}, "inputs"),
+        ({"inputs": 5}, "inputs"),
+        ({"inputs": ""}, "inputs"),
+        ({"inputs": "x" * 65}, "inputs"),
+        ({"inputs": PROMPT, "parameters": {"temperature": 0}}, "parameters.temperature"),
+        ({"inputs": PROMPT, "parameters": {"temperature": "hot"}}, "parameters.temperature"),
+        ({"inputs": PROMPT, "parameters": {"top_p": 1.5}}, "parameters.top_p"),
+        ({"inputs": PROMPT, "parameters": {"top_k": 0}}, "parameters.top_k"),
+        ({"inputs": PROMPT, "parameters": {"max_new_tokens": 0}}, "parameters.max_new_tokens"),
+        ({"inputs": PROMPT, "parameters": {"max_new_tokens": 4001}}, "parameters.max_new_tokens"),
+        ({"inputs": PROMPT, "parameters": {"mode": "erase"}}, "parameters.mode"),
+        ({"inputs": PROMPT, "parameters": {"max_backtracks": -1}}, "parameters.max_backtracks"),
+        ({"inputs": PROMPT, "parameters": {"stop": [""]}}, "parameters.stop"),
+        ({"inputs": PROMPT, "parameters": {"temprature": 1.0}}, "parameters.temprature"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_invalid_generate_body_is_422_naming_the_field(client, body, field, stream):
+    response = client.post("/generate", json={**body, "stream": stream})
+    assert response.status_code == 422
+    error = response.json()
+    assert error["error_type"] == "validation"
+    assert error["field"] == field
+    assert field in error["error"]
+
+
+def test_body_that_is_not_json_is_422(client):
+    response = client.post(
+        "/generate", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": PROMPT, "temperature": -1}, "temperature"),
+        ({"prompt": PROMPT, "max_tokens": 100000}, "max_tokens"),
+        ({"prompt": PROMPT, "n": 2}, "n"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"max_tokens": 3}, "prompt"),
+    ],
+)
+def test_invalid_openai_body_is_422_in_openai_shape(client, body, param):
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert param in error["message"]
+
+
+def test_chat_without_messages_is_422(client):
+    response = client.post("/v1/chat/completions", json={"messages": []})
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "messages"
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/generate", {"inputs": PROMPT}),
+        ("/generate_stream", {"inputs": PROMPT}),
+        ("/", {"inputs": PROMPT}),
+        ("/v1/completions", {"prompt": PROMPT}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]}),
+    ],
+)
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_generation_needs_the_api_key(server, route, body, key):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    response = httpx.post(f"{server.url}{route}", json=body, headers=headers, timeout=30)
+    assert response.status_code == 401
+    assert "API key" in response.text
+
+
+def test_openai_sdk_without_the_key_gets_an_authentication_error(server):
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        sdk.completions.create(model="m", prompt=PROMPT)
+
+
+@pytest.mark.parametrize("route", ["/health", "/metrics"])
+def test_health_and_metrics_need_no_key(server, route):
+    assert httpx.get(f"{server.url}{route}").status_code == 200
+
+
+def test_info_describes_model_and_limits(client):
+    info = client.get("/info").json()
+    assert info["backtrack_token"] == "<|BACKTRACK|>"
+    assert isinstance(info["backtrack_token_id"], int)
+    assert info["max_input_tokens"] == 64
+    assert info["max_new_tokens"] == 4000
+    assert info["version"]
+
+
+def test_openapi_docs_are_served(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions"} <= set(
+        schema["paths"]
+    )
+    assert client.get("/docs").status_code == 200
