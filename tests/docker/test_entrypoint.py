@@ -1,0 +1,109 @@
+"""The container's command run directly on the host: it starts the real server from `BACKTRACK_*`
+variables, and what Docker's health check and Grafana rely on holds against that live server
+(the `server` fixture in conftest.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.docker.promql import (
+    TARGET_LABELS,
+    dashboard_queries,
+    label_names,
+    load_dashboard,
+    metric_names,
+)
+from tests.docker.tools import (
+    DASHBOARD,
+    ENTRYPOINT,
+    HEALTHCHECK,
+    host_env,
+    promtool,
+    run_checker,
+)
+from tests.serving import free_port
+
+
+def run_healthcheck(port: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK)],
+        env=host_env(BACKTRACK_PORT=str(port)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_server_replaces_the_shell(server):
+    """`exec`: the server itself gets `docker stop`'s SIGTERM, not a shell that ignores it."""
+    cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"server" in cmdline and b"-m" in cmdline, cmdline
+
+
+def test_the_healthcheck_passes_against_the_ready_server(server):
+    result = run_healthcheck(server.port)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_healthcheck_fails_when_nothing_listens():
+    result = run_healthcheck(free_port())
+    assert result.returncode == 1
+    assert "unhealthy" in result.stdout
+
+
+def exported_samples(exposition: str) -> dict[str, set[str]]:
+    """Sample name (`..._total`, `..._bucket`, ...) -> the label names it carries."""
+    samples: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            samples.setdefault(sample.name, set()).update(sample.labels)
+    return samples
+
+
+def test_every_dashboard_query_uses_exported_metrics_and_labels(exposition):
+    samples = exported_samples(exposition)
+    for query in dashboard_queries(load_dashboard(DASHBOARD)):
+        for name in metric_names(query.expr):
+            assert name in samples, f"{query.panel}: the server exports no {name}"
+            missing = label_names(query.expr) - TARGET_LABELS - samples[name]
+            assert not missing, f"{query.panel}: {name} has no label {missing}"
+
+
+def test_the_replica_variable_lists_an_exported_metric(exposition):
+    (variable,) = load_dashboard(DASHBOARD)["templating"]["list"]
+    metric = variable["definition"].removeprefix("label_values(").split(",")[0]
+    assert metric in exported_samples(exposition)
+
+
+def test_promtool_accepts_the_exposition(exposition):
+    """The text Prometheus scrapes parses and follows the naming conventions promtool lints."""
+    result = subprocess.run(
+        [promtool(), "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_train_runs_make_train_in_the_installed_environment():
+    """`docker run IMAGE train` is `make train` with the image's venv; CONFIG picks the config."""
+    result = run_checker(
+        ["sh", str(ENTRYPOINT), "train", "--dry-run"],
+        env=host_env(CONFIG="configs/other.yaml"),
+    )
+    python = Path(sys.executable).parent.parent / "bin" / "python"
+    assert f"{python} -m training.train --config configs/other.yaml" in result.stdout
+
+
+def test_any_other_command_runs_as_given():
+    result = run_checker(
+        ["sh", str(ENTRYPOINT), "python", "-c", "import server; print('ok')"], env=host_env()
+    )
+    assert result.stdout.strip() == "ok"
