@@ -6,14 +6,17 @@ override's `!reset`); the checks below read that resolved model, as Docker would
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from server.settings import Settings
 from tests.docker.tools import (
     COMPOSE,
     COMPOSE_CPU,
+    COMPOSE_SCALE,
     DOCKER,
     GRAFANA,
     PROMETHEUS_CONFIG,
@@ -79,6 +82,18 @@ def test_the_server_is_published_and_health_checked(gpu):
     assert server["healthcheck"]["test"] == ["CMD", "python", "/app/docker/healthcheck.py"]
 
 
+def test_docker_stop_lets_in_flight_requests_finish(gpu):
+    """Docker kills after stop_grace_period; the server drains for shutdown_timeout + 5 s."""
+    drain = Settings.model_fields["shutdown_timeout"].default + 5
+    assert seconds(gpu["server"]["stop_grace_period"]) > drain
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (`1m30s`, `45s`) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)([hms])", duration))
+
+
 def test_the_api_key_is_passed_through_only_when_set(gpu):
     """An empty BACKTRACK_API_KEY would mean 'no key' or 'empty key'; unset is unambiguous."""
     assert gpu["server"]["environment"]["BACKTRACK_API_KEY"] is None
@@ -108,3 +123,25 @@ def test_images_are_pinned(gpu):
     for name in ("prometheus", "grafana"):
         image = gpu[name]["image"]
         assert ":" in image and not image.endswith(":latest"), image
+
+
+def nginx_directives(text: str) -> list[list[str]]:
+    """Each `name arg ...;` directive of an nginx config, comments dropped."""
+    text = re.sub(r"#[^\n]*", "", text)
+    return [statement.split() for statement in re.split(r"[;{}]", text) if statement.strip()]
+
+
+def test_replicas_sit_behind_a_load_balancer_on_the_server_port(gpu):
+    """`--scale server=N` needs the replicas unpublished and the balancer on the usual port."""
+    scaled = compose_config(COMPOSE, COMPOSE_SCALE)["services"]
+    assert not scaled["server"].get("ports")
+    assert [p["published"] for p in scaled["lb"]["ports"]] == [
+        p["published"] for p in gpu["server"]["ports"]
+    ]
+    assert scaled["lb"]["depends_on"]["server"]["condition"] == "service_healthy"
+    config = mount(scaled["lb"], "/etc/nginx/nginx.conf")["source"]
+    directives = nginx_directives(Path(config).read_text())
+    port = gpu["server"]["environment"]["BACKTRACK_PORT"]
+    assert ["server", f"server:{port}", "resolve"] in directives  # every replica of `server`
+    assert ["listen", port] in directives
+    assert ["proxy_buffering", "off"] in directives  # SSE events reach the client one by one
