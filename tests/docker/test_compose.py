@@ -20,6 +20,7 @@ from tests.docker.tools import (
     DOCKER,
     GRAFANA,
     PROMETHEUS_CONFIG,
+    REPO,
     compose_config,
 )
 
@@ -145,3 +146,21 @@ def test_replicas_sit_behind_a_load_balancer_on_the_server_port(gpu):
     assert ["server", f"server:{port}", "resolve"] in directives  # every replica of `server`
     assert ["listen", port] in directives
     assert ["proxy_buffering", "off"] in directives  # SSE events reach the client one by one
+
+
+def test_the_readme_recipe_pins_a_replica_to_one_gpu(tmp_path):
+    """The README's one-replica-per-GPU file resolves to a `server` replica on GPU 1 only."""
+    readme = (REPO / "README.md").read_text()
+    (recipe,) = [
+        block for block in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "device_ids" in block
+    ]
+    path = tmp_path / "compose.gpu1.yaml"
+    path.write_text(recipe.replace("file: compose.yaml", f"file: {COMPOSE}"))
+    services = compose_config(COMPOSE, COMPOSE_SCALE, path)["services"]
+    replica = services["server-gpu1"]
+    assert gpu_devices(replica) == [
+        {"capabilities": ["gpu"], "driver": "nvidia", "device_ids": ["1"]}
+    ]
+    assert "server" in replica["networks"]["default"]["aliases"]
+    assert not replica.get("ports")
+    assert replica["environment"] == services["server"]["environment"]
