@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from tests.docker.tools import DOCKERFILE, REPO, run_checker, venv_tool
 
@@ -113,3 +116,24 @@ def test_the_build_context_leaves_out_environments_checkpoints_and_history():
     assert "*" in lines  # everything is out unless the allow-list below names it
     for heavy in (".venv", "checkpoints", ".git", "runs"):
         assert f"!{heavy}" not in lines and f"!{heavy}/" not in lines
+
+
+def project_requirement(name: str) -> Requirement:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (requirement,) = [r for r in map(Requirement, project["dependencies"]) if r.name == name]
+    return requirement
+
+
+def test_the_gpu_base_torch_satisfies_the_project_so_pip_keeps_it():
+    """pip replaces the base image's CUDA torch only if the project asks for another version."""
+    tag = build_arg_defaults()["CUDA_BASE"].split(":")[1]
+    base_torch = Version(tag.split("-")[0])
+    assert base_torch in project_requirement("torch").specifier
+    assert base_torch >= Version("2.6")  # transformers 5's own minimum
+
+
+def test_the_cpu_image_pins_the_torch_of_make_install():
+    """One torch version on CPU hosts, in and out of the container."""
+    makefile = (REPO / "Makefile").read_text()
+    (pinned,) = re.findall(r"^TORCH_SPEC \?= torch==(\S+)$", makefile, re.MULTILINE)
+    assert build_arg_defaults()["TORCH_VERSION"] == pinned
