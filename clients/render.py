@@ -56,17 +56,22 @@ def cursor_after(text: str, width: int) -> tuple[int, int]:
 
 def move_back(screen: str, keep: str, width: int) -> str:
     """Escape codes that put the cursor at the end of `keep` (a prefix of `screen`) and clear
-    everything after it; `screen` is what the terminal shows and the cursor is at its end."""
+    everything after it; `screen` is what the terminal shows and the cursor is at its end.
+
+    When `keep` ends exactly at the right margin the cursor must end in the pending-wrap state
+    that writing `keep` left it in, which no cursor movement reaches: the last character is
+    cleared and written again instead.
+    """
     current_row, _ = cursor_after(screen, width)
     row, column = cursor_after(keep, width)
-    if column >= width:  # after a full row the next character goes to the following row
-        row, column = row + 1, 0
+    rewrite = ""
+    if column >= width:
+        rewrite = keep[-1]
+        column -= char_width(rewrite)
     up = current_row - row
-    return (
-        ("\r" if up == 0 else f"\r\x1b[{up}A")
-        + (f"\x1b[{column}C" if column else "")
-        + (CLEAR_TO_END)
-    )
+    vertical = "\r" if up == 0 else f"\r\x1b[{up}A"
+    horizontal = f"\x1b[{column}C" if column else ""
+    return vertical + horizontal + CLEAR_TO_END + rewrite
 
 
 def _common_prefix(first: str, second: str) -> str:
