@@ -23,7 +23,7 @@ def server(tiny_checkpoint_dir, tmp_path_factory) -> Iterator[ServerHandle]:
     log_path = tmp_path_factory.mktemp("entrypoint") / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            ["sh", str(ENTRYPOINT)],  # no argument: the image's CMD, `serve`
+            [str(ENTRYPOINT)],  # run as Docker runs it: executable, no argument (CMD `serve`)
             cwd=REPO,
             env=host_env(**settings),
             stdout=log,

@@ -95,7 +95,7 @@ def test_promtool_accepts_the_exposition(exposition):
 def test_train_runs_make_train_in_the_installed_environment():
     """`docker run IMAGE train` is `make train` with the image's venv; CONFIG picks the config."""
     result = run_checker(
-        ["sh", str(ENTRYPOINT), "train", "--dry-run"],
+        [str(ENTRYPOINT), "train", "--dry-run"],
         env=host_env(CONFIG="configs/other.yaml"),
     )
     python = Path(sys.executable).parent.parent / "bin" / "python"
@@ -104,6 +104,6 @@ def test_train_runs_make_train_in_the_installed_environment():
 
 def test_any_other_command_runs_as_given():
     result = run_checker(
-        ["sh", str(ENTRYPOINT), "python", "-c", "import server; print('ok')"], env=host_env()
+        [str(ENTRYPOINT), "python", "-c", "import server; print('ok')"], env=host_env()
     )
     assert result.stdout.strip() == "ok"

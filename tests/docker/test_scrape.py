@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,9 +38,10 @@ def instant_query(url: str, promql: str) -> list[dict]:
     return body["data"]["result"]
 
 
-def wait_for_scrapes(url: str, job: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_scrapes(url: str, job: str, process: subprocess.Popen, log: Path) -> None:
+    """Until Prometheus has scraped the server often enough for rate(); its log if it never does."""
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             result = instant_query(url, f'count_over_time(up{{job="{job}"}}[1m])')
             if result and float(result[0]["value"][1]) >= SCRAPES_FOR_A_RATE:
@@ -49,7 +51,9 @@ def wait_for_scrapes(url: str, job: str, timeout: float = 30.0) -> None:
         except httpx.HTTPError:
             pass  # Prometheus still starting
         time.sleep(0.25)
-    raise TimeoutError(f"Prometheus did not scrape {job} {SCRAPES_FOR_A_RATE} times in {timeout} s")
+    raise RuntimeError(
+        f"Prometheus did not scrape {job} {SCRAPES_FOR_A_RATE} times:\n{log.read_text()}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,8 @@ def prometheus(server, tmp_path_factory) -> Iterator[str]:
     config = scrape_config_for(server)
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    with (directory / "prometheus.log").open("w") as log:
+    log_path = directory / "prometheus.log"
+    with log_path.open("w") as log:
         process = subprocess.Popen(
             [
                 binary,
@@ -72,7 +77,7 @@ def prometheus(server, tmp_path_factory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_scrapes(url, config["scrape_configs"][0]["job_name"])
+        wait_for_scrapes(url, config["scrape_configs"][0]["job_name"], process, log_path)
         yield url
     finally:
         process.terminate()
