@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -54,6 +56,28 @@ def test_the_healthcheck_fails_when_nothing_listens():
     result = run_healthcheck(free_port())
     assert result.returncode == 1
     assert "unhealthy" in result.stdout
+
+
+class LoadingHandler(BaseHTTPRequestHandler):
+    """Answers like the server while its model loads: 503 on /health."""
+
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.send_header("Retry-After", "2")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:  # keep the test output clean
+        pass
+
+
+def test_the_healthcheck_fails_while_the_model_loads():
+    with ThreadingHTTPServer(("127.0.0.1", 0), LoadingHandler) as loading:
+        Thread(target=loading.serve_forever, daemon=True).start()
+        try:
+            result = run_healthcheck(loading.server_address[1])
+        finally:
+            loading.shutdown()
+    assert result.returncode == 1, result.stdout
 
 
 def exported_samples(exposition: str) -> dict[str, set[str]]:
