@@ -1,0 +1,79 @@
+"""GET /metrics: parses with Prometheus's parser and counts what the streams showed."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.server.conftest import API_KEY, PROMPT
+from tests.server.metrics_text import scrape, value
+from tests.server.sse import stream_events
+
+CONTRACT = {
+    "backtrack_requests": "counter",
+    "backtrack_generated_tokens": "counter",
+    "backtrack_prompt_tokens": "counter",
+    "backtrack_backtracks": "counter",
+    "backtrack_request_backtracks": "histogram",
+    "backtrack_deleted_tokens": "counter",
+    "backtrack_time_to_first_token_seconds": "histogram",
+    "backtrack_inter_token_latency_seconds": "histogram",
+    "backtrack_e2e_request_latency_seconds": "histogram",
+    "backtrack_queue_size": "gauge",
+    "backtrack_running_requests": "gauge",
+}
+
+
+def test_exposition_parses_and_has_every_metric(server):
+    text = httpx.get(f"{server.url}/metrics").text
+    families = {family.name: family.type for family in text_string_to_metric_families(text)}
+    assert {name: families.get(name) for name in CONTRACT} == CONTRACT
+
+
+def test_latency_buckets_resolve_milliseconds_and_minutes(server):
+    samples = scrape(server.url)
+    bounds = {
+        float(dict(labels)["le"])
+        for name, labels in samples
+        if name == "backtrack_time_to_first_token_seconds_bucket"
+    }
+    assert min(bounds) <= 0.001
+    assert max(bounds - {float("inf")}) >= 600
+
+
+def test_metrics_count_the_backtracks_the_streams_showed(server):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    before = scrape(server.url)
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+        streams = [
+            stream_events(client, "/generate", {"inputs": PROMPT, "stream": True}) for _ in range(3)
+        ]
+    after = scrape(server.url)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    shown = sum(1 for stream in streams for event in stream if event.event == "backtrack")
+    done = [stream[-1].json() for stream in streams]
+    assert shown == sum(d["backtracks"] for d in done) == 6
+    assert delta("backtrack_backtracks_total") == shown
+    assert delta("backtrack_deleted_tokens_total") == shown
+    assert delta("backtrack_request_backtracks_count") == 3
+    assert delta("backtrack_request_backtracks_sum") == shown
+    assert delta("backtrack_requests_total", endpoint="/generate", finish_reason="eos") == 3
+    assert delta("backtrack_generated_tokens_total") == sum(d["sampled_tokens"] for d in done)
+    assert delta("backtrack_prompt_tokens_total") == 3 * len(PROMPT)
+    assert delta("backtrack_time_to_first_token_seconds_count") == 3
+    assert delta("backtrack_e2e_request_latency_seconds_count") == 3
+    tokens_shown = sum(1 for stream in streams for event in stream if event.event == "token")
+    assert delta("backtrack_inter_token_latency_seconds_count") == tokens_shown - 3
+    assert value(after, "backtrack_running_requests") == 0
+
+
+def test_refused_requests_are_counted_by_reason(server):
+    before = scrape(server.url)
+    httpx.post(f"{server.url}/generate", json={"inputs": PROMPT})  # no API key
+    after = scrape(server.url)
+    labels = {"endpoint": "/generate", "reason": "unauthorized"}
+    name = "backtrack_rejected_requests_total"
+    assert value(after, name, **labels) == value(before, name, **labels) + 1
