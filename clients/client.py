@@ -15,6 +15,7 @@ retried as `RetryPolicy` says, before any event has been yielded.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
 import httpx
-from typing_extensions import Unpack
 
 from clients.errors import (
     APIConnectionError,
@@ -34,6 +34,11 @@ from clients.errors import (
 from clients.events import StreamDecoder, StreamUpdate
 from clients.retry import RetryPolicy, parse_retry_after
 from clients.sse import SSEParser
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # typing_extensions comes with torch and pydantic
+    from typing_extensions import Unpack
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

@@ -113,3 +113,34 @@ def test_a_missing_api_key_is_reported(page):
     page.click("#generate")
     page.wait_for_selector("#status.error", timeout=15_000)
     assert "401" in page.inner_text("#status")
+
+
+def test_the_pages_sse_reader_handles_any_chunking(page):
+    """The page's own parser, fed CRLF frames split mid-line, mid-CRLF and mid-character."""
+    chunks = [
+        "event: tok",
+        "en\r",
+        '\ndata: {"text": "\u00e9"}\r\n',
+        "\r\n: ping\n\n",
+        "event: done\ndata: a\ndata: b\r\r",
+    ]
+    messages = page.evaluate(
+        """async (chunks) => {
+            const bytes = new TextEncoder().encode(chunks.join("\u0000"));
+            const pieces = [];
+            let start = 0;
+            for (let i = 0; i <= bytes.length; i++) {
+                if (i === bytes.length || bytes[i] === 0) { pieces.push(bytes.slice(start, i)); start = i + 1; }
+            }
+            pieces.splice(2, 1, pieces[2].slice(0, 14), pieces[2].slice(14));  // inside the é
+            const body = new ReadableStream({ start(c) { pieces.forEach((p) => c.enqueue(p)); c.close(); } });
+            const out = [];
+            for await (const message of readEvents(body)) out.push(message);
+            return out;
+        }""",
+        chunks,
+    )
+    assert messages == [
+        {"event": "token", "data": '{"text": "\u00e9"}'},
+        {"event": "done", "data": "a\nb"},
+    ]
