@@ -170,7 +170,8 @@ class BacktrackClient:
     def stream(self, inputs: str, **parameters: Unpack[Parameters]) -> Iterator[StreamUpdate]:
         """Yield every token, backtrack and done event with the visible text after it.
 
-        Leaving the loop early closes the connection, which cancels the generation.
+        Leaving the loop early (or calling `close()` on the iterator you kept) closes the
+        connection, which cancels the generation on the server.
         """
         with self._post(request_body(inputs, parameters, stream=True), stream=True) as response:
             _check_event_stream(response)
@@ -245,7 +246,10 @@ class AsyncBacktrackClient:
     async def stream(
         self, inputs: str, **parameters: Unpack[Parameters]
     ) -> AsyncIterator[StreamUpdate]:
-        """Yield every token, backtrack and done event with the visible text after it."""
+        """Yield every token, backtrack and done event with the visible text after it.
+
+        Leaving the loop early and closing the iterator (`aclose()`) cancels the generation.
+        """
         body = request_body(inputs, parameters, stream=True)
         async with self._post(body, stream=True) as response:
             _check_event_stream(response)
