@@ -1,0 +1,220 @@
+"""The training configuration: dataclasses read once from YAML plus `key=value` overrides.
+
+    python -m training.train --config configs/default.yaml training.epochs=4 backtrack.objective=masked
+
+Every field has a default and a docstring; library code receives these typed objects, never the
+raw YAML or the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Objective = Literal["rewind", "masked"]
+ErrorSourceName = Literal["random", "in_distribution"]
+OBJECTIVES = ("rewind", "masked")
+ERROR_SOURCES = ("random", "in_distribution")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"
+    """`tiny`: a Llama built from the fields below and trained from scratch with the char
+    tokenizer; otherwise a local Hugging Face directory (or one holding `gguf_file`)."""
+    gguf_file: str | None = None
+    """A GGUF file inside `name_or_path` (the SmolLM2 package ships one)."""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    dtype: str = "float32"
+    """Weights' dtype when loading a pretrained model (`bfloat16` halves memory on a GPU)."""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    task: str | None = "addition"
+    """The bundled synthetic task (`addition`); None reads `train_file`/`eval_file` instead."""
+    digits: int = 3
+    """Operand digits of the synthetic task."""
+    train_size: int = 32000
+    eval_size: int = 300
+    """Held-out problems (never in the training split); evaluation uses the same split."""
+    seed: int = 1234
+    """Fixes the synthetic splits; changing it changes which problems are held out."""
+    train_file: str | None = None
+    """JSONL with `prompt`/`response` or GSM8K's `question`/`answer` on every line."""
+    eval_file: str | None = None
+    max_length: int = 512
+    """Examples longer than this (prompt + response + errors) are truncated from the right."""
+
+
+@dataclass
+class PhaseConfig:
+    start_epoch: float = 0.0
+    """The phase begins at this (fractional) epoch and lasts until the next phase begins."""
+    max_errors: int = 0
+    """Each corrupted example carries 1..max_errors injected tokens; 0 means a clean phase."""
+    error_share: float = 0.0
+    """Share of examples that are corrupted in this phase; the rest stay clean."""
+
+
+@dataclass
+class BacktrackConfig:
+    use_backtrack: bool = True
+    """False trains plain SFT (no injected errors): the baseline to compare against."""
+    objective: Objective = "rewind"
+    error_source: ErrorSourceName = "in_distribution"
+    use_curriculum: bool = True
+    """True follows `phases`; False uses `max_errors` and `error_share` from the first step."""
+    max_errors: int = 3
+    error_share: float = 0.3
+    phases: list[PhaseConfig] = field(
+        default_factory=lambda: [
+            PhaseConfig(0.0, 0, 0.0),
+            PhaseConfig(4.0, 3, 0.3),
+        ]
+    )
+    init_words: list[str] = field(
+        default_factory=lambda: ["delete", "undo", "erase", "back", "remove", "backspace", "cancel"]
+    )
+    """Words whose embeddings initialise BT's (their mean); the mean embedding when none exist."""
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "checkpoints/default"
+    epochs: float = 8.0
+    max_steps: int = -1
+    """Positive: stop after this many optimiser steps whatever `epochs` says (quick runs)."""
+    per_device_train_batch_size: int = 64
+    per_device_eval_batch_size: int = 128
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 3e-3
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "cosine"
+    bf16: bool = False
+    logging_steps: int = 50
+    save_steps: int = 1000
+    eval_steps: int = 500
+    seed: int = 0
+    resume: bool = True
+    """Continue from the newest Trainer checkpoint in `<output_dir>/trainer` when one exists."""
+    threads: int = 2
+    """torch CPU threads (the default machine has two cores)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backtrack: BacktrackConfig = field(default_factory=BacktrackConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        bt = self.backtrack
+        _require(bt.objective in OBJECTIVES, "backtrack.objective", f"one of {OBJECTIVES}")
+        _require(
+            bt.error_source in ERROR_SOURCES, "backtrack.error_source", f"one of {ERROR_SOURCES}"
+        )
+        _require(bt.max_errors >= 0, "backtrack.max_errors", "at least 0")
+        _require(0 <= bt.error_share <= 1, "backtrack.error_share", "in [0, 1]")
+        _require(bool(bt.phases), "backtrack.phases", "a non-empty list")
+        _require(bt.phases[0].start_epoch == 0, "backtrack.phases", "starting at epoch 0")
+        starts = [phase.start_epoch for phase in bt.phases]
+        _require(starts == sorted(set(starts)), "backtrack.phases", "in increasing start_epoch")
+        for phase in bt.phases:
+            _require(phase.max_errors >= 0, "backtrack.phases.max_errors", "at least 0")
+            _require(0 <= phase.error_share <= 1, "backtrack.phases.error_share", "in [0, 1]")
+        _require(
+            self.data.task is not None or self.data.train_file is not None,
+            "data.train_file",
+            "set when data.task is null",
+        )
+        _require(self.data.digits >= 1, "data.digits", "at least 1")
+        _require(
+            self.training.per_device_train_batch_size >= 1,
+            "training.per_device_train_batch_size",
+            "at least 1",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SECTIONS: dict[Any, type] = {
+    "ModelConfig": ModelConfig,
+    "DataConfig": DataConfig,
+    "BacktrackConfig": BacktrackConfig,
+    "TrainingConfig": TrainingConfig,
+}
+"""Nested sections by their annotation (a string, under `from __future__ import annotations`)."""
+
+
+def _require(ok: bool, name: str, expectation: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {expectation}")
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """The inverse of `Config.to_dict` (what a checkpoint's metadata holds)."""
+    return _build(Config, raw, "")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or take the defaults when `path` is None), then apply `section.field=value`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections")
+    for override in overrides or []:
+        _apply_override(raw, override)
+    return _build(Config, raw, "")
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like section.field=value")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(value)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Construct dataclass `cls` from a mapping, recursing into nested dataclasses and lists."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping")
+    known = {item.name: item for item in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown field {prefix}{unknown[0]} (known: {', '.join(known)})")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "phases":
+            if not isinstance(value, list):
+                raise ConfigError(f"{prefix}phases must be a list of phases")
+            values[name] = [_build(PhaseConfig, item, f"{prefix}phases.") for item in value]
+        elif known[name].type in SECTIONS:
+            values[name] = _build(SECTIONS[known[name].type], value, f"{prefix}{name}.")
+        else:
+            values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ConfigError(f"{prefix or 'config'}: {error}") from error

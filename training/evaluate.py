@@ -1,0 +1,233 @@
+"""Does backtracking work? Held-out figures for a checkpoint, decoded by the server's decoder.
+
+    make eval                                  # checkpoints/default
+    python -m training.evaluate --checkpoint checkpoints/default --problems 300
+
+Figures (written to `<checkpoint>/eval.json` and printed):
+
+* exact-match accuracy with BT suppressed (`plain`) and with backtracking, per decoding mode
+  (`rewind`, `keep`) and temperature (0 = greedy);
+* error repair, (with BT - plain) / (1 - plain), where plain accuracy is below 90%;
+* recovery rate: a wrong token forced mid-answer, how often the very next decision deletes it;
+* false backtrack rate: how often BT is the decision on a correct prefix;
+* backtracks per answer.
+
+Every generation goes through `backtrack.decoder` with `backtrack_policy="argmax"` (or `never`
+for plain), exactly as the server decodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from backtrack.checkpoint import LoadedCheckpoint, load_checkpoint
+from backtrack.decoder import Sequence, generate
+from backtrack.events import BacktrackEvent, DoneEvent
+from backtrack.params import GenerationParams
+from training.config import Config, config_from_dict
+from training.data import encode, encode_prompt, load_problems
+from training.errors import in_distribution_source
+from training.tasks import Problem
+
+TEMPERATURES = (0.0, 1.0, 1.5, 2.0)
+MODES = ("rewind", "keep")
+REPAIR_BELOW = 0.9
+"""Error repair is reported only where plain accuracy is below this: elsewhere it is noise."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is evaluated: the model, how to prompt it, and the problems it must solve."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    backtrack_id: int
+    problems: list[Problem]
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    accuracy: float
+    backtracks_per_answer: float
+
+
+def decoding_params(
+    temperature: float, policy: str, mode: str, seed: int, length: int
+) -> GenerationParams:
+    sampled = temperature > 0
+    return GenerationParams(
+        max_new_tokens=length,
+        do_sample=sampled,
+        temperature=temperature if sampled else 1.0,
+        seed=seed,
+        mode=mode,  # type: ignore[arg-type]
+        backtrack_policy=policy,  # type: ignore[arg-type]
+    )
+
+
+def run_decoding(subject: Subject, temperature: float, policy: str, mode: str) -> RunFigures:
+    """Exact match over the problems, and the mean number of backtracks per answer."""
+    correct, backtracks = 0, 0
+    for index, problem in enumerate(subject.problems):
+        prompt_ids = encode_prompt(subject.tokenizer, problem.prompt)
+        length = len(subject.tokenizer.encode(problem.response, add_special_tokens=False)) + 4
+        params = decoding_params(temperature, policy, mode, seed=index, length=length)
+        events = generate(
+            subject.model, subject.tokenizer, subject.backtrack_id, prompt_ids, params
+        )
+        done = [event for event in events if isinstance(event, DoneEvent)][-1]
+        correct += done.generated_text == problem.response
+        backtracks += done.backtracks
+    count = max(1, len(subject.problems))
+    return RunFigures(correct / count, backtracks / count)
+
+
+def recovery_rate(subject: Subject, seed: int = 0) -> float:
+    """Force a plausible wrong token at a random answer position: is the next decision BT?"""
+    examples = [encode(subject.tokenizer, problem) for problem in subject.problems]
+    special = [*subject.tokenizer.all_special_ids, subject.backtrack_id]
+    source = in_distribution_source(examples, special)
+    rng = random.Random(seed)
+    recovered = 0
+    for example in examples:
+        answer = list(example.response_ids[:-1]) or list(example.response_ids)
+        split = rng.randrange(len(answer))
+        wrong = source.draw(rng, 1, avoid=answer[split])[0]
+        params = decoding_params(0.0, "argmax", "rewind", seed=0, length=len(answer) + 4)
+        sequence = Sequence(
+            subject.model, subject.tokenizer, subject.backtrack_id, list(example.prompt_ids), params
+        )
+        for token in [*answer[:split], wrong]:
+            sequence.force_token(token)
+        events = sequence.step()
+        recovered += bool(events) and isinstance(events[0], BacktrackEvent)
+    return recovered / max(1, len(examples))
+
+
+@torch.inference_mode()
+def false_backtrack_rate(subject: Subject) -> float:
+    """Share of correct-prefix positions (prompt end to last answer token) whose argmax is BT."""
+    fired, positions = 0, 0
+    for problem in subject.problems:
+        example = encode(subject.tokenizer, problem)
+        ids = [*example.prompt_ids, *example.response_ids]
+        logits = subject.model(torch.tensor([ids], device=subject.model.device)).logits[0]
+        start, end = len(example.prompt_ids) - 1, len(ids) - 1
+        choices = logits[start:end].argmax(dim=-1)
+        fired += int((choices == subject.backtrack_id).sum())
+        positions += end - start
+    return fired / max(1, positions)
+
+
+def error_repair(plain: float, with_backtrack: float) -> float | None:
+    """Share of plain decoding's errors that backtracking repaired; None where plain rarely errs."""
+    if plain >= REPAIR_BELOW:
+        return None
+    return (with_backtrack - plain) / (1 - plain)
+
+
+def evaluate(
+    subject: Subject, temperatures: tuple[float, ...] = TEMPERATURES, modes: tuple[str, ...] = MODES
+) -> dict:
+    accuracy: dict[str, dict[str, float]] = {}
+    backtracks: dict[str, dict[str, float]] = {}
+    repair: dict[str, dict[str, float]] = {}
+    for temperature in temperatures:
+        key = f"T={temperature:g}"
+        plain = run_decoding(subject, temperature, "never", "rewind").accuracy
+        accuracy[key], backtracks[key] = {"plain": plain}, {}
+        for mode in modes:
+            figures = run_decoding(subject, temperature, "argmax", mode)
+            accuracy[key][mode], backtracks[key][mode] = (
+                figures.accuracy,
+                figures.backtracks_per_answer,
+            )
+            repaired = error_repair(plain, figures.accuracy)
+            if repaired is not None:
+                repair.setdefault(key, {})[mode] = repaired
+    return {
+        "problems": len(subject.problems),
+        "accuracy": accuracy,
+        "error_repair": repair,
+        "backtracks_per_answer": backtracks,
+        "recovery_rate": recovery_rate(subject),
+        "false_backtrack_rate": false_backtrack_rate(subject),
+    }
+
+
+def held_out_problems(config: Config, count: int | None) -> list[Problem]:
+    """The evaluation split the checkpoint was trained beside (never trained on)."""
+    _, problems = load_problems(config.data)
+    return problems[:count] if count else problems
+
+
+def format_report(figures: dict) -> str:
+    modes = [mode for mode in MODES if any(mode in row for row in figures["accuracy"].values())]
+    lines = [
+        f"checkpoint {figures['checkpoint']} (objective {figures['objective']}), "
+        f"{figures['problems']} held-out problems",
+        "exact match      plain  " + "  ".join(f"BT,{mode:6s}" for mode in modes),
+    ]
+    for key, row in figures["accuracy"].items():
+        cells = "  ".join(f"{100 * row[mode]:8.1f}%" for mode in modes)
+        lines.append(f"  {key:8s}      {100 * row['plain']:5.1f}%  {cells}")
+    for key, row in figures["error_repair"].items():
+        shown = ", ".join(f"{mode} {100 * value:.0f}%" for mode, value in row.items())
+        lines.append(f"error repair at {key}: {shown}")
+    per_answer = figures["backtracks_per_answer"]
+    lines += [
+        f"recovery rate         {100 * figures['recovery_rate']:.1f}%",
+        f"false backtrack rate  {100 * figures['false_backtrack_rate']:.2f}%",
+        "backtracks per answer "
+        + ", ".join(f"{key} {row.get('rewind', 0):.2f}" for key, row in per_answer.items()),
+    ]
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    checkpoint: LoadedCheckpoint,
+    count: int | None,
+    temperatures: tuple[float, ...],
+    modes: tuple[str, ...],
+) -> dict:
+    config = config_from_dict(checkpoint.metadata.training_config or {})
+    problems = held_out_problems(config, count)
+    subject = Subject(checkpoint.model, checkpoint.tokenizer, checkpoint.backtrack_id, problems)
+    figures = evaluate(subject, temperatures, modes)
+    return {
+        "checkpoint": str(checkpoint.path),
+        "objective": checkpoint.metadata.objective,
+        **figures,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate a backtracking checkpoint.")
+    parser.add_argument("--checkpoint", default="checkpoints/default")
+    parser.add_argument(
+        "--problems", type=int, default=None, help="first N held-out problems (default: all)"
+    )
+    parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    checkpoint = load_checkpoint(args.checkpoint, torch.device("cpu"), torch.float32)
+    figures = evaluate_checkpoint(
+        checkpoint, args.problems, tuple(args.temperatures), tuple(args.modes)
+    )
+    output = Path(args.checkpoint) / "eval.json"
+    output.write_text(json.dumps(figures, indent=2) + "\n")
+    print(format_report(figures))
+    print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The loss curve of a run, saved as a PNG next to the checkpoint it produced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a training host
+
+import matplotlib.pyplot as plt
+
+
+def save_loss_curve(
+    log_history: list[dict], path: str | Path, phase_steps: list[int] | None = None
+) -> Path:
+    """Training and evaluation loss against the step; dotted lines where a curriculum phase began."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "eval")):
+        points = [(row["step"], row[key]) for row in log_history if key in row and "step" in row]
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, label=label, marker="." if key == "eval_loss" else None)
+    for step in phase_steps or []:
+        axis.axvline(step, linestyle=":", color="grey")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_yscale("log")
+    axis.legend()
+    axis.set_title("training loss (dotted: curriculum phase changes)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

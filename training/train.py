@@ -1,0 +1,183 @@
+"""Train a backtracking model and write a checkpoint the server loads.
+
+    make train                                        # the default: tiny Llama, bundled addition
+    python -m training.train --config configs/default.yaml training.epochs=2 backtrack.objective=masked
+    torchrun --nproc_per_node 2 -m training.train --config configs/default.yaml   # DDP (gloo on CPU)
+
+The output directory holds the Hugging Face model and tokenizer, `loss.png`, `curriculum.json`,
+`train_results.json`, Trainer checkpoints under `trainer/` (a rerun resumes from the newest) and,
+written last, `backtrack.json`: its presence means the checkpoint is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from backtrack.checkpoint import CheckpointMetadata, save_metadata
+from training.collator import BacktrackCollator
+from training.config import Config, PhaseConfig, load_config
+from training.curriculum import CurriculumCallback
+from training.data import ExampleDataset, build_datasets
+from training.errors import ErrorPlan, Injector, build_source
+from training.modeling import StartingPoint, starting_point
+from training.plots import save_loss_curve
+
+logger = logging.getLogger("training")
+
+
+class BacktrackTrainer(Trainer):
+    """A Trainer whose evaluation batches stay clean while training batches carry errors."""
+
+    def __init__(self, *args, eval_collator: BacktrackCollator, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
+def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
+    run = config.training
+    eval_every = run.eval_steps if has_eval and run.eval_steps > 0 else 0
+    distributed_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(Path(run.output_dir) / "trainer"),
+        num_train_epochs=run.epochs,
+        max_steps=run.max_steps,
+        per_device_train_batch_size=run.per_device_train_batch_size,
+        per_device_eval_batch_size=run.per_device_eval_batch_size,
+        gradient_accumulation_steps=run.gradient_accumulation_steps,
+        learning_rate=run.learning_rate,
+        warmup_steps=run.warmup_ratio,
+        weight_decay=run.weight_decay,
+        lr_scheduler_type=run.lr_scheduler_type,
+        bf16=run.bf16,
+        logging_steps=run.logging_steps,
+        save_steps=run.save_steps,
+        save_total_limit=1,
+        eval_strategy="steps" if eval_every else "no",
+        eval_steps=eval_every or None,
+        seed=run.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,  # the collator reads the curriculum's plan in this process
+        ddp_backend="gloo" if distributed_cpu else None,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def build_trainer(
+    config: Config, start: StartingPoint
+) -> tuple[BacktrackTrainer, CurriculumCallback | None]:
+    """The Trainer, its collators and (with backtracking) the curriculum callback."""
+    train_set, eval_set = build_datasets(config.data, start.tokenizer)
+    pad_id = start.tokenizer.pad_token_id
+    bt = config.backtrack
+    injector, callback = None, None
+    if bt.use_backtrack:
+        injector = _injector(config, start, train_set)
+        phases = (
+            bt.phases if bt.use_curriculum else [PhaseConfig(0.0, bt.max_errors, bt.error_share)]
+        )
+        callback = CurriculumCallback(phases, injector.plan, injector)
+    collate = BacktrackCollator(
+        start.backtrack_id, pad_id, bt.objective, injector, config.data.max_length
+    )
+    trainer = BacktrackTrainer(
+        model=start.model,
+        args=training_arguments(config, has_eval=len(eval_set) > 0),
+        train_dataset=train_set,
+        eval_dataset=eval_set if len(eval_set) else None,
+        data_collator=collate,
+        eval_collator=BacktrackCollator(
+            start.backtrack_id, pad_id, bt.objective, None, config.data.max_length
+        ),
+        callbacks=[callback] if callback else None,
+    )
+    return trainer, callback
+
+
+def _injector(config: Config, start: StartingPoint, train_set: ExampleDataset) -> Injector:
+    special = [*start.tokenizer.all_special_ids, start.backtrack_id]
+    vocab_size = start.model.get_input_embeddings().weight.shape[0]
+    source = build_source(config.backtrack.error_source, train_set.examples, vocab_size, special)
+    rank = int(os.environ.get("RANK", "0"))
+    return Injector(source, ErrorPlan(), seed=config.training.seed + rank)
+
+
+def train(config: Config) -> Path:
+    """Run the training described by `config`; return the checkpoint directory."""
+    torch.set_num_threads(config.training.threads)
+    set_seed(config.training.seed)
+    output = Path(config.training.output_dir)
+    start = starting_point(config.model, config.backtrack.init_words, config.training.seed)
+    trainer, callback = build_trainer(config, start)
+    resume_from = (
+        get_last_checkpoint(trainer.args.output_dir)
+        if config.training.resume and Path(trainer.args.output_dir).is_dir()
+        else None
+    )
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    began = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    elapsed = time.monotonic() - began
+    if trainer.is_world_process_zero():
+        write_checkpoint(
+            output, trainer, start, config, callback, {**result.metrics, "wall_seconds": elapsed}
+        )
+    return output
+
+
+def write_checkpoint(
+    output: Path,
+    trainer: Trainer,
+    start: StartingPoint,
+    config: Config,
+    callback: CurriculumCallback | None,
+    results: dict,
+) -> None:
+    """Model, tokenizer, loss curve, curriculum log and results; `backtrack.json` last."""
+    output.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(output))
+    start.tokenizer.save_pretrained(output)
+    history = callback.history if callback else []
+    phase_steps = [row["step"] for row in history if "max_errors" in row and row["step"] > 0]
+    save_loss_curve(trainer.state.log_history, output / "loss.png", phase_steps)
+    (output / "curriculum.json").write_text(json.dumps(history, indent=2) + "\n")
+    (output / "train_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    task = config.data.task if config.data.task else None
+    metadata = CheckpointMetadata(
+        backtrack_token_id=start.backtrack_id,
+        objective=config.backtrack.objective,
+        task=task,
+        training_config=config.to_dict(),
+    )
+    save_metadata(output, metadata)
+    logger.info("checkpoint written to %s (%.0f s of training)", output, results["wall_seconds"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train a backtracking model.")
+    parser.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. training.epochs=2")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train(load_config(args.config, args.overrides))
+
+
+if __name__ == "__main__":
+    main()
