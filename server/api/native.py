@@ -86,6 +86,9 @@ def tgi_details(done: DoneEvent) -> dict[str, Any]:
 
 async def native_frames(stream: Stream) -> AsyncIterator[str]:
     async for event in stream:
+        if isinstance(event, DoneEvent) and event.finish_reason == "error":
+            error = {"error": "generation failed; see the server log", "error_type": "generation"}
+            yield sse_event("error", error)
         yield sse_event(event.kind, event_payload(event))
 
 
