@@ -181,12 +181,17 @@ class Engine:
                     self._advance(job)
 
     def _admit(self) -> list[_Job]:
-        """Move waiting jobs into free slots (called with the lock held)."""
-        admitted = []
-        while self._waiting and len(self._running) < self.max_running:
-            job = self._waiting.popleft()
-            self._running.append(job)
-            admitted.append(job)
+        """Move waiting jobs into free slots (called with the lock held).
+
+        Jobs cancelled or out of time while waiting are taken too, so `_start` ends them now
+        rather than when a slot frees.
+        """
+        admitted = [job for job in self._waiting if self._end_reason(job) is not None]
+        for job in admitted:
+            self._waiting.remove(job)
+        while self._waiting and len(self._running) + len(admitted) < self.max_running:
+            admitted.append(self._waiting.popleft())
+        self._running.extend(admitted)
         self.metrics.queue_size.set(len(self._waiting))
         self.metrics.running_requests.set(len(self._running))
         return admitted
@@ -224,9 +229,9 @@ class Engine:
             log.exception("decoding step failed")
             events = sequence.cancel("error")
         self._record(job, sequence, events)
-        job.stream.publish(events)
         if sequence.finished:
-            self._leave(job)
+            self._leave(job)  # before publishing: a client that sees `done` sees the slot free
+        job.stream.publish(events)
 
     def _leave(self, job: _Job) -> None:
         with self._wake:
@@ -254,8 +259,8 @@ class Engine:
             prompt_tokens=len(job.request.prompt_ids),
         )
         self._record(job, None, [done])
-        job.stream.publish([done])
         self._leave(job)
+        job.stream.publish([done])
 
     # -- metrics ---------------------------------------------------------------------------------
 
