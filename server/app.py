@@ -19,11 +19,10 @@ import server
 from backtrack.checkpoint import CheckpointError
 from server.api import admin, native, openai
 from server.api.errors import install_error_handlers
-from server.api.schemas import Limits
 from server.engine import Engine
 from server.loading import load_served_model
 from server.metrics import Metrics
-from server.service import GenerationService
+from server.service import GenerationService, Limits
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from backtrack.params import GenerationParams, InvalidParameter
-from server.api.schemas import Limits
 from server.engine import Engine, GenerationRequest, Stream
 from server.loading import ServedModel
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What this server accepts per request (from the settings)."""
+
+    max_input_tokens: int
+    max_new_tokens: int
+    default_max_new_tokens: int
 
 
 class GenerationService:

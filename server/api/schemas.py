@@ -6,19 +6,26 @@ Types are checked by pydantic (422 naming the field); ranges by `GenerationParam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backtrack.params import GenerationParams, InvalidParameter
+from server.service import Limits
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_input_tokens: int
-    max_new_tokens: int
-    default_max_new_tokens: int
+def _off(value: Any) -> Any:
+    """Refuse (422 naming the field) an option this server accepts only when it is off."""
+    if value is True or value not in (None, False, 0, {}, []):
+        raise ValueError("is not supported by this server (leave it unset)")
+    return value
+
+
+def _one(value: Any) -> Any:
+    """Like `_off`, for options whose neutral value is 1 (best_of, typical_p)."""
+    if value is not None and (value is True or value != 1):
+        raise ValueError("is not supported by this server (leave it unset or 1)")
+    return value
 
 
 class BacktrackOptions(BaseModel):
@@ -48,7 +55,7 @@ class Parameters(BacktrackOptions):
     details: bool = False
     hold_back_deletable: bool | None = None
     """Never stream a token a later backtrack could delete (default: off on /generate, on for TGI)."""
-    # Accepted for TGI compatibility; they do not change decoding here.
+    # TGI's clients send these with every request; only their neutral values are accepted.
     return_full_text: bool | None = None
     decoder_input_details: bool = False
     truncate: int | None = None
@@ -59,6 +66,18 @@ class Parameters(BacktrackOptions):
     frequency_penalty: float | None = None
     grammar: Any = None
     adapter_id: str | None = None
+
+    _check_off = field_validator(
+        "return_full_text",
+        "decoder_input_details",
+        "truncate",
+        "watermark",
+        "top_n_tokens",
+        "frequency_penalty",
+        "grammar",
+        "adapter_id",
+    )(_off)
+    _check_one = field_validator("typical_p", "best_of")(_one)
 
 
 class GenerateRequest(BaseModel):
@@ -90,6 +109,30 @@ class OpenAIOptions(BacktrackOptions):
     hold_back_deletable: bool = True
     """Default on: OpenAI clients cannot erase, so a streamed token is never one later deleted."""
     user: str | None = None
+    # Parts of OpenAI's API this server does not implement: only their neutral values pass.
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: Any = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    _check_off = field_validator(
+        "frequency_penalty",
+        "presence_penalty",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "echo",
+        "suffix",
+        "tools",
+        "response_format",
+    )(_off)
+    _check_one = field_validator("best_of")(_one)
 
 
 class CompletionRequest(OpenAIOptions):

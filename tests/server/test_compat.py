@@ -18,6 +18,27 @@ from tests.server.conftest import API_KEY, EXPECTED_TEXT, PROMPT
 from tests.server.sse import stream_events
 
 TGI_TOKEN_KEYS = {"id", "text", "logprob", "special"}
+TGI_CLIENT_PARAMETERS = {
+    "best_of": None,
+    "decoder_input_details": False,
+    "details": True,
+    "do_sample": False,
+    "frequency_penalty": None,
+    "grammar": None,
+    "max_new_tokens": 20,
+    "repetition_penalty": None,
+    "return_full_text": False,
+    "seed": None,
+    "stop": [],
+    "temperature": None,
+    "top_k": None,
+    "top_n_tokens": None,
+    "top_p": None,
+    "truncate": None,
+    "typical_p": None,
+    "watermark": False,
+}
+"""Every field TGI's Python client sends, with its defaults."""
 
 
 @pytest.fixture
@@ -47,7 +68,7 @@ def check_tgi_stream(lines: list[dict], details: bool) -> None:
 
 @pytest.mark.parametrize("route", ["/generate_stream", "/"])
 def test_tgi_stream_never_shows_deleted_tokens(client, route):
-    body = {"inputs": PROMPT, "parameters": {"details": True}, "stream": True}
+    body = {"inputs": PROMPT, "parameters": TGI_CLIENT_PARAMETERS, "stream": True}
     events = stream_events(client, route, body)
     assert {event.event for event in events} == {"message"}  # plain data: lines, no names
     lines = [json.loads(event.data) for event in events]  # would fail on a [DONE] line
@@ -68,7 +89,7 @@ def test_tgi_stream_live_shows_deletions_as_special_tokens(client):
 
 
 def test_tgi_generate_route_answers_like_tgi(client):
-    body = {"inputs": PROMPT, "parameters": {"details": True}}
+    body = {"inputs": PROMPT, "parameters": TGI_CLIENT_PARAMETERS, "stream": False}
     answer = client.post("/", json=body).json()
     assert answer["generated_text"] == EXPECTED_TEXT
     assert answer["details"]["finish_reason"] == "eos_token"

@@ -35,6 +35,8 @@ def client(server) -> Iterator[httpx.Client]:
         ({"inputs": PROMPT, "parameters": {"max_backtracks": -1}}, "parameters.max_backtracks"),
         ({"inputs": PROMPT, "parameters": {"stop": [""]}}, "parameters.stop"),
         ({"inputs": PROMPT, "parameters": {"temprature": 1.0}}, "parameters.temprature"),
+        ({"inputs": PROMPT, "parameters": {"watermark": True}}, "parameters.watermark"),
+        ({"inputs": PROMPT, "parameters": {"best_of": 2}}, "parameters.best_of"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])
@@ -63,6 +65,8 @@ def test_body_that_is_not_json_is_422(client):
         ({"prompt": PROMPT, "n": 2}, "n"),
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"max_tokens": 3}, "prompt"),
+        ({"prompt": PROMPT, "logprobs": 2}, "logprobs"),
+        ({"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty"),
     ],
 )
 def test_invalid_openai_body_is_422_in_openai_shape(client, body, param):
