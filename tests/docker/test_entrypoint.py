@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
 
+import httpx
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.docker.promql import (
@@ -24,6 +26,8 @@ from tests.docker.tools import (
     DASHBOARD,
     ENTRYPOINT,
     HEALTHCHECK,
+    REPO,
+    entrypoint_server,
     host_env,
     promtool,
     run_checker,
@@ -131,3 +135,36 @@ def test_any_other_command_runs_as_given():
         [str(ENTRYPOINT), "python", "-c", "import server; print('ok')"], env=host_env()
     )
     assert result.stdout.strip() == "ok"
+
+
+def quick_training_config(output_dir: Path) -> dict:
+    """configs/default.yaml shrunk to two optimiser steps of a one-layer model."""
+    config = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    config["model"].update(hidden_size=32, num_layers=1, num_heads=2)
+    config["data"].update(train_size=128, eval_size=8)
+    config["training"].update(
+        output_dir=str(output_dir),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        logging_steps=1,
+        threads=1,
+    )
+    return config
+
+
+def test_what_train_writes_is_what_serve_serves(tmp_path):
+    """The compose flow: `train` writes a checkpoint into the shared volume, `serve` serves it."""
+    checkpoint = tmp_path / "checkpoints" / "default"
+    config_path = tmp_path / "quick.yaml"
+    config_path.write_text(yaml.safe_dump(quick_training_config(checkpoint)))
+    run_checker([str(ENTRYPOINT), "train"], env=host_env(CONFIG=str(config_path)))
+    with entrypoint_server(checkpoint, tmp_path / "server.log") as server:
+        info = httpx.get(f"{server.url}/info", timeout=10.0).json()
+        assert info["model_path"] == str(checkpoint)
+        answer = httpx.post(
+            f"{server.url}/generate",
+            json={"inputs": "123+456=", "parameters": {"max_new_tokens": 3}},
+            timeout=30.0,
+        )
+        assert answer.status_code == 200, answer.text

