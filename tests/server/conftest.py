@@ -42,6 +42,7 @@ EXPECTED_REMOVED = ["3", "x"]
 LOOP_PROMPT = "zz"
 """Continues with `z` until a limit: for requests that must still be running when a test acts."""
 API_KEY = "test-key"
+PAGE_ORIGIN = "http://page.example"
 
 
 def save_scripted_checkpoint(directory: Path, script: dict[str, list[str]]) -> Path:
@@ -86,6 +87,10 @@ def scripted_checkpoint_dir(tmp_path_factory) -> Path:
 def server(scripted_checkpoint_dir) -> Iterator[ServerHandle]:
     """One server for the read-mostly tests, with an API key (clients send it)."""
     with running_server(
-        scripted_checkpoint_dir, api_key=API_KEY, max_new_tokens=4000, max_input_tokens=64
+        scripted_checkpoint_dir,
+        api_key=API_KEY,
+        max_new_tokens=4000,
+        max_input_tokens=64,
+        cors_origins=[PAGE_ORIGIN],
     ) as handle:
         yield handle

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import API_KEY, PROMPT
+from tests.server.conftest import API_KEY, PAGE_ORIGIN, PROMPT
 
 
 @pytest.fixture
@@ -127,3 +127,22 @@ def test_openapi_docs_are_served(client):
         schema["paths"]
     )
     assert client.get("/docs").status_code == 200
+
+
+def test_cors_allows_the_configured_origin_only(server):
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    allowed = httpx.options(f"{server.url}/generate", headers={"Origin": PAGE_ORIGIN, **preflight})
+    assert allowed.headers.get("access-control-allow-origin") == PAGE_ORIGIN
+    other = httpx.options(
+        f"{server.url}/generate", headers={"Origin": "http://evil.example", **preflight}
+    )
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_root_serves_the_web_page(server):
+    response = httpx.get(f"{server.url}/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
