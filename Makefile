@@ -29,6 +29,7 @@ test: install ## run the test suite (no network, tiny models, a few minutes on 2
 	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 test-slow: install ## heavier checks: the real SmolLM2-135M model, multi-process training
+	bash scripts/fetch_smollm2.sh $(PY)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-browser: install ## drive the web page in headless Chromium (installs Chromium and Playwright)

@@ -163,6 +163,18 @@ SECTIONS: dict[Any, type] = {
 """Nested sections by their annotation (a string, under `from __future__ import annotations`)."""
 
 
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Numbers written as YAML 1.1 does not read them (`1e-3`) still become numbers."""
+    kinds = {"float": float, "int": int}
+    kind = kinds.get(str(annotation))
+    if kind is None or value is None or isinstance(value, bool):
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from error
+
+
 def _require(ok: bool, name: str, expectation: str) -> None:
     if not ok:
         raise ConfigError(f"{name} must be {expectation}")
@@ -213,7 +225,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         elif known[name].type in SECTIONS:
             values[name] = _build(SECTIONS[known[name].type], value, f"{prefix}{name}.")
         else:
-            values[name] = value
+            values[name] = _coerce(value, known[name].type, f"{prefix}{name}")
     try:
         return cls(**values)
     except TypeError as error:

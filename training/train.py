@@ -136,9 +136,8 @@ def train(config: Config) -> Path:
     result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.monotonic() - began
     if trainer.is_world_process_zero():
-        write_checkpoint(
-            output, trainer, start, config, callback, {**result.metrics, "wall_seconds": elapsed}
-        )
+        results = {**result.metrics, "wall_seconds": elapsed, "world_size": trainer.args.world_size}
+        write_checkpoint(output, trainer, start, config, callback, results)
     return output
 
 

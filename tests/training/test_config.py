@@ -1,0 +1,47 @@
+"""Configs: YAML presets load, command-line overrides win, mistakes name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.config import Config, ConfigError, config_from_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PRESETS = sorted(CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda path: path.name)
+def test_every_preset_loads(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_overrides_from_the_command_line_win_and_numbers_stay_numbers():
+    config = load_config(
+        CONFIGS / "default.yaml",
+        ["training.learning_rate=1e-3", "backtrack.objective=masked", "training.epochs=2"],
+    )
+    assert config.training.learning_rate == 0.001
+    assert config.backtrack.objective == "masked"
+    assert config.training.epochs == 2.0
+
+
+def test_a_config_survives_the_round_trip_through_checkpoint_metadata():
+    config = load_config(CONFIGS / "original_curriculum.yaml")
+    assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("backtrack.objective=shuffle", "backtrack.objective"),
+        ("training.learning_rat=1", "learning_rat"),
+        ("backtrack.error_share=1.5", "backtrack.error_share"),
+        ("training.epochs=many", "training.epochs"),
+        ("backtrack.phases=[{start_epoch: 1}]", "backtrack.phases"),
+    ],
+)
+def test_a_bad_value_is_refused_with_the_field_named(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(CONFIGS / "default.yaml", [override])
