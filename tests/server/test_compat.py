@@ -129,8 +129,9 @@ def test_openai_chat_completion(sdk):
     completion = sdk.chat.completions.create(model="scripted", messages=messages, temperature=0)
     message = completion.choices[0].message
     assert message.role == "assistant"
-    assert isinstance(message.content, str)
-    assert completion.choices[0].finish_reason in {"stop", "length"}
+    # no chat template in the checkpoint: "user: 1+1=\nassistant: " -> "ok" then EOS
+    assert message.content == "ok"
+    assert completion.choices[0].finish_reason == "stop"
 
 
 def test_openai_chat_stream_starts_with_the_role_and_replays_the_answer(sdk):
