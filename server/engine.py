@@ -89,6 +89,7 @@ class _Job:
     last_token_at: float | None = None
     backtracks: int = 0
     sampled_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def deadline(self) -> float:
@@ -217,6 +218,7 @@ class Engine:
             self._finish_unstarted(job, "error")
             return
         self.metrics.prompt_tokens.inc(len(request.prompt_ids))
+        self._record(job, job.sequence, [])
 
     def _advance(self, job: _Job) -> None:
         """One step of one job, or its end when it was cancelled or ran out of time."""
@@ -273,6 +275,9 @@ class Engine:
             m.deleted_tokens.inc(counters.backtracks - job.backtracks)
             m.generated_tokens.inc(counters.sampled_tokens - job.sampled_tokens)
             job.backtracks, job.sampled_tokens = counters.backtracks, counters.sampled_tokens
+            cached = len(sequence.context_ids) if sequence.cache is not None else 0
+            m.kv_cache_tokens.inc(cached - job.cached_tokens)
+            job.cached_tokens = cached
         now = time.monotonic()
         for event in events:
             if isinstance(event, TokenEvent):

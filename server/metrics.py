@@ -103,6 +103,11 @@ class Metrics:
         self.running_requests = Gauge(
             "backtrack_running_requests", "Requests being decoded.", registry=r
         )
+        self.kv_cache_tokens = Gauge(
+            "backtrack_kv_cache_tokens",
+            "Tokens held in the KV caches of running requests (0 once every request ended).",
+            registry=r,
+        )
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type, for GET /metrics."""

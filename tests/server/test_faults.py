@@ -38,10 +38,10 @@ def wait_for(condition, timeout: float = 5.0) -> None:
 
 
 def idle(url: str) -> bool:
+    """No request running or waiting, and no KV cache left."""
     samples = scrape(url)
-    return (
-        value(samples, "backtrack_running_requests") == 0 == value(samples, "backtrack_queue_size")
-    )
+    names = ("backtrack_running_requests", "backtrack_queue_size", "backtrack_kv_cache_tokens")
+    return all(value(samples, name) == 0 for name in names)
 
 
 def test_full_server_answers_429_at_once_with_retry_after(limited):
@@ -73,6 +73,7 @@ def test_disconnect_cancels_the_generation_and_frees_the_slot(limited):
         with client.stream("POST", "/generate", json=LONG) as response:
             events = parse_sse(response.iter_lines())
             assert [next(events).event for _ in range(3)] == ["token"] * 3
+            assert value(scrape(limited.url), "backtrack_kv_cache_tokens") > 0
         # leaving the block closed the connection mid-stream
         wait_for(lambda: idle(limited.url), timeout=1.0)
         after = scrape(limited.url)
