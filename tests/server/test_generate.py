@@ -97,3 +97,21 @@ def test_seeded_sampling_is_reproducible(client):
     body = {"inputs": "ab", "parameters": parameters}
     first = client.post("/generate", json=body).json()["generated_text"]
     assert client.post("/generate", json=body).json()["generated_text"] == first
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sampled_streams_replay_to_their_final_text(client, seed):
+    parameters = {
+        "do_sample": True,
+        "temperature": 3.0,
+        "backtrack_policy": "sample",
+        "seed": seed,
+        "max_new_tokens": 30,
+    }
+    stream = stream_events(
+        client, "/generate", {"inputs": PROMPT, "parameters": parameters, "stream": True}
+    )
+    done = stream[-1].json()
+    assert replay(as_events(stream)) == done["generated_text"]
+    shown = sum(1 for event in stream if event.event == "backtrack")
+    assert shown == done["backtracks"]
