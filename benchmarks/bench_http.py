@@ -11,7 +11,6 @@ stream keeps at least 0.9x of the in-process tokens/s. Time to first token is co
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -84,16 +83,21 @@ def decode_over_http(client: httpx.Client) -> Run:
 
 def measure(directory: Path, url: str) -> tuple[list[Run], list[Run]]:
     """Alternate the two sides run by run, so both see the same machine load."""
-    torch.set_num_threads(THREADS)
     loaded = load_checkpoint(directory, torch.device("cpu"), torch.float32)
     prompt_ids = list(loaded.tokenizer(PROMPT)["input_ids"])
     local, remote = [], []
-    with httpx.Client(base_url=url, timeout=120) as client:
-        for repeat in range(REPEATS + 1):  # the first round warms up
-            local_run, remote_run = decode_in_process(loaded, prompt_ids), decode_over_http(client)
-            if repeat:
-                local.append(local_run)
-                remote.append(remote_run)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for repeat in range(REPEATS + 1):  # the first round warms up
+                local_run = decode_in_process(loaded, prompt_ids)
+                remote_run = decode_over_http(client)
+                if repeat:
+                    local.append(local_run)
+                    remote.append(remote_run)
+    finally:
+        torch.set_num_threads(previous_threads)
     return local, remote
 
 
@@ -108,10 +112,10 @@ def summarise(runs: list[Run]) -> tuple[float, float, int]:
 
 
 def run() -> dict[str, float | int | str]:
-    os.environ["OMP_NUM_THREADS"] = str(THREADS)  # the server subprocess inherits it
+    threads = {"OMP_NUM_THREADS": str(THREADS)}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as scratch:
         directory = save_checkpoint(Path(scratch))
-        with running_server(directory, max_new_tokens=NEW_TOKENS) as server:
+        with running_server(directory, env=threads, max_new_tokens=NEW_TOKENS) as server:
             local, remote = measure(directory, server.url)
     local_rate, local_ttft, local_tokens = summarise(local)
     http_rate, http_ttft, http_tokens = summarise(remote)

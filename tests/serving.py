@@ -57,8 +57,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def settings_env(checkpoint_dir: str | os.PathLike, settings: dict[str, Any]) -> dict[str, str]:
-    env = dict(os.environ)
+def settings_env(
+    checkpoint_dir: str | os.PathLike, settings: dict[str, Any], extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     env["BACKTRACK_CHECKPOINT"] = str(checkpoint_dir)
     for name, value in settings.items():
         text = json.dumps(value) if isinstance(value, list | dict) else str(value)
@@ -71,11 +73,17 @@ def settings_env(checkpoint_dir: str | os.PathLike, settings: dict[str, Any]) ->
 
 @contextmanager
 def running_server(
-    checkpoint_dir: str | os.PathLike, startup_timeout: float = 60.0, **settings: Any
+    checkpoint_dir: str | os.PathLike,
+    startup_timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    **settings: Any,
 ) -> Iterator[ServerHandle]:
-    """A `python -m server` subprocess on a free port, healthy on entry, stopped on exit."""
+    """A `python -m server` subprocess on a free port, healthy on entry, stopped on exit.
+
+    `env` adds other environment variables (e.g. OMP_NUM_THREADS) to the process.
+    """
     port = free_port()
-    env = settings_env(checkpoint_dir, {"host": "127.0.0.1", "port": port, **settings})
+    env = settings_env(checkpoint_dir, {"host": "127.0.0.1", "port": port, **settings}, env)
     with tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False) as log:
         log_path = Path(log.name)
         process = subprocess.Popen(
