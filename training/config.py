@@ -98,7 +98,7 @@ class TrainingConfig:
     per_device_train_batch_size: int = 64
     per_device_eval_batch_size: int = 128
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     lr_scheduler_type: str = "cosine"

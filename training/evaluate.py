@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="single-token forwards gain nothing from more"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(args.checkpoint, torch.device("cpu"), torch.float32)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -52,7 +51,8 @@ class BacktrackTrainer(Trainer):
 def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
     run = config.training
     eval_every = run.eval_steps if has_eval and run.eval_steps > 0 else 0
-    distributed_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available()
+    distributed_cpu = torch.distributed.is_torchelastic_launched() and not on_gpu
     return TrainingArguments(
         output_dir=str(Path(run.output_dir) / "trainer"),
         num_train_epochs=run.epochs,
@@ -75,7 +75,7 @@ def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
         remove_unused_columns=False,
         dataloader_num_workers=0,  # the collator reads the curriculum's plan in this process
         ddp_backend="gloo" if distributed_cpu else None,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not on_gpu,
     )
 
 
@@ -84,38 +84,51 @@ def build_trainer(
 ) -> tuple[BacktrackTrainer, CurriculumCallback | None]:
     """The Trainer, its collators and (with backtracking) the curriculum callback."""
     train_set, eval_set = build_datasets(config.data, start.tokenizer)
-    pad_id = start.tokenizer.pad_token_id
+    args = training_arguments(config, has_eval=len(eval_set) > 0)
     bt = config.backtrack
     injector, callback = None, None
     if bt.use_backtrack:
-        injector = _injector(config, start, train_set)
+        injector = _injector(
+            config, start, train_set, seed=config.training.seed + args.process_index
+        )
         phases = (
             bt.phases if bt.use_curriculum else [PhaseConfig(0.0, bt.max_errors, bt.error_share)]
         )
         callback = CurriculumCallback(phases, injector.plan, injector)
-    collate = BacktrackCollator(
-        start.backtrack_id, pad_id, bt.objective, injector, config.data.max_length
-    )
     trainer = BacktrackTrainer(
         model=start.model,
-        args=training_arguments(config, has_eval=len(eval_set) > 0),
+        args=args,
         train_dataset=train_set,
         eval_dataset=eval_set if len(eval_set) else None,
-        data_collator=collate,
-        eval_collator=BacktrackCollator(
-            start.backtrack_id, pad_id, bt.objective, None, config.data.max_length
-        ),
+        data_collator=_collator(config, start, injector),
+        eval_collator=_collator(config, start, None),
         callbacks=[callback] if callback else None,
     )
     return trainer, callback
 
 
-def _injector(config: Config, start: StartingPoint, train_set: ExampleDataset) -> Injector:
+def _collator(config: Config, start: StartingPoint, injector: Injector | None) -> BacktrackCollator:
+    pad_id = start.tokenizer.pad_token_id
+    objective, length = config.backtrack.objective, config.data.max_length
+    return BacktrackCollator(start.backtrack_id, pad_id, objective, injector, length)
+
+
+def _injector(
+    config: Config, start: StartingPoint, train_set: ExampleDataset, seed: int
+) -> Injector:
+    """Each process draws its own errors (the seed includes the process index)."""
     special = [*start.tokenizer.all_special_ids, start.backtrack_id]
     vocab_size = start.model.get_input_embeddings().weight.shape[0]
     source = build_source(config.backtrack.error_source, train_set.examples, vocab_size, special)
-    rank = int(os.environ.get("RANK", "0"))
-    return Injector(source, ErrorPlan(), seed=config.training.seed + rank)
+    return Injector(source, ErrorPlan(), seed=seed)
+
+
+def resume_point(config: Config, trainer: Trainer) -> str | None:
+    """The newest Trainer checkpoint of an interrupted run, when resuming is on."""
+    directory = trainer.args.output_dir
+    if not config.training.resume or not Path(directory).is_dir():
+        return None
+    return get_last_checkpoint(directory)
 
 
 def train(config: Config) -> Path:
@@ -125,11 +138,7 @@ def train(config: Config) -> Path:
     output = Path(config.training.output_dir)
     start = starting_point(config.model, config.backtrack.init_words, config.training.seed)
     trainer, callback = build_trainer(config, start)
-    resume_from = (
-        get_last_checkpoint(trainer.args.output_dir)
-        if config.training.resume and Path(trainer.args.output_dir).is_dir()
-        else None
-    )
+    resume_from = resume_point(config, trainer)
     if resume_from:
         logger.info("resuming from %s", resume_from)
     began = time.monotonic()
@@ -158,11 +167,10 @@ def write_checkpoint(
     save_loss_curve(trainer.state.log_history, output / "loss.png", phase_steps)
     (output / "curriculum.json").write_text(json.dumps(history, indent=2) + "\n")
     (output / "train_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    task = config.data.task if config.data.task else None
     metadata = CheckpointMetadata(
         backtrack_token_id=start.backtrack_id,
         objective=config.backtrack.objective,
-        task=task,
+        task=config.data.task,
         training_config=config.to_dict(),
     )
     save_metadata(output, metadata)
