@@ -32,13 +32,20 @@ class ServedModel:
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
 
-    def encode(self, text: str) -> list[int]:
-        """Prompt ids as the model was trained to see them (the tokenizer's special tokens)."""
-        return list(self.tokenizer(text)["input_ids"])
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Prompt ids as the model was trained to see them (the tokenizer's special tokens).
+
+        A rendered chat template already holds its special tokens: pass False for it.
+        """
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """The checkpoint's chat template applied, or a plain `role: content` transcript."""
-        if getattr(self.tokenizer, "chat_template", None):
+        if self.has_chat_template:
             rendered = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )

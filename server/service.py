@@ -25,9 +25,9 @@ class GenerationService:
         self.served, self.engine, self.limits = served, engine, limits
         self.request_timeout = request_timeout
 
-    def encode_prompt(self, text: str, field: str) -> list[int]:
+    def encode_prompt(self, text: str, field: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a prompt; InvalidParameter (422) when empty or too long."""
-        ids = self.served.encode(text)
+        ids = self.served.encode(text, add_special_tokens)
         if not ids:
             raise InvalidParameter(field, "must not be empty")
         limit = min(self.limits.max_input_tokens, self.served.max_context - 1)

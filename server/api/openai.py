@@ -60,7 +60,8 @@ async def _serve(
     service: GenerationService,
 ) -> Any:
     params = openai_params(body, service.limits)
-    prompt_ids = service.encode_prompt(prompt, prompt_field)
+    templated = shape.chat and service.served.has_chat_template  # it writes its own BOS
+    prompt_ids = service.encode_prompt(prompt, prompt_field, add_special_tokens=not templated)
     stream = service.submit(prompt_ids, params, shape.endpoint, body.hold_back_deletable)
     if body.stream:
         return sse_response(stream, shape.frames)
