@@ -61,6 +61,8 @@ def load_pretrained(
     model = AutoModelForCausalLM.from_pretrained(
         config.name_or_path, dtype=dtype, attn_implementation="sdpa", **extra
     )
+    if config.gguf_file:
+        forget_gguf_origin(model)
     backtrack_id = add_backtrack_token(tokenizer, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -71,6 +73,14 @@ def load_pretrained(
         "the mean embedding" if report.fallback else report.source_tokens,
     )
     return StartingPoint(model.train(), tokenizer, backtrack_id, report)
+
+
+def forget_gguf_origin(model: PreTrainedModel) -> None:
+    """A GGUF model is de-quantized to full precision on load, yet still flagged as quantized,
+    which makes the Trainer refuse it and `save_pretrained` write a GGUF quantization config.
+    Its weights are ordinary tensors: drop the flag so it trains and saves as a plain model."""
+    if model.hf_quantizer is not None:
+        model.hf_quantizer.remove_quantization_config(model)
 
 
 def starting_point(config: ModelConfig, init_words: list[str], seed: int) -> StartingPoint:
