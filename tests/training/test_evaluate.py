@@ -1,0 +1,50 @@
+"""The evaluation's figures mean what the README says they mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backtrack.tiny import build_tiny_llama, tiny_llama_config
+from training.config import Config
+from training.data import load_problems
+from training.evaluate import (
+    Subject,
+    error_repair,
+    false_backtrack_rate,
+    held_out_problems,
+    recovery_rate,
+)
+
+
+def test_error_repair_is_the_share_of_plain_errors_that_backtracking_fixed():
+    assert error_repair(0.6, 0.94) == pytest.approx(0.85)
+    assert error_repair(0.5, 0.5) == 0
+    assert error_repair(0.95, 1.0) is None  # plain barely errs: no meaningful figure
+
+
+def test_the_held_out_problems_are_never_training_problems():
+    config = Config()
+    config.data.train_size, config.data.eval_size = 5000, 100
+    train, held_out = load_problems(config.data)
+    assert held_out_problems(config, 10) == held_out[:10]
+    assert not {p.prompt for p in train} & {p.prompt for p in held_out}
+
+
+def biased_model(vocab_size: int, backtrack_id: int, shift: float):
+    """A fresh tiny model whose BT logit is moved by `shift` (far above or below every other)."""
+    model = build_tiny_llama(tiny_llama_config(vocab_size))
+    bias = torch.zeros(vocab_size)
+    bias[backtrack_id] = shift
+    model.lm_head.register_forward_hook(lambda _module, _inputs, output: output + bias)
+    return model
+
+
+@pytest.mark.parametrize(("shift", "rate"), [(1e4, 1.0), (-1e4, 0.0)])
+def test_recovery_and_false_backtracks_count_the_backtrack_decisions(
+    char_tokenizer, backtrack_id, shift, rate
+):
+    model = biased_model(len(char_tokenizer), backtrack_id, shift)
+    subject = Subject(model, char_tokenizer, backtrack_id, held_out_problems(Config(), 5))
+    assert recovery_rate(subject) == rate
+    assert false_backtrack_rate(subject) == rate
