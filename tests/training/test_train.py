@@ -104,3 +104,13 @@ def test_evaluation_batches_in_training_stay_clean():
     bt = start.backtrack_id
     assert all((batch["shift_labels"] == bt).any() for batch in trainer.get_train_dataloader())
     assert not any((batch["shift_labels"] == bt).any() for batch in trainer.get_eval_dataloader())
+
+
+def test_without_backtracking_the_run_is_plain_sft():
+    config = load_config(CONFIGS / "default.yaml", [*TINY, "backtrack.use_backtrack=false"])
+    start = starting_point(config.model, config.backtrack.init_words, seed=0)
+    trainer, callback = train.build_trainer(config, start)
+    assert callback is None
+    assert not any(
+        (b["shift_labels"] == start.backtrack_id).any() for b in trainer.get_train_dataloader()
+    )
