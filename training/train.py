@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from backtrack.checkpoint import CheckpointMetadata, save_metadata
 from training.collator import BacktrackCollator
-from training.config import Config, PhaseConfig, load_config
+from training.config import Config, ConfigError, PhaseConfig, load_config
 from training.curriculum import CurriculumCallback
 from training.data import ExampleDataset, build_datasets
 from training.errors import ErrorPlan, Injector, build_source
@@ -183,7 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="section.field=value, e.g. training.epochs=2")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    train(load_config(args.config, args.overrides))
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ConfigError, OSError) as error:
+        parser.error(str(error))  # a clear message and exit status 2, not a traceback
+    train(config)
 
 
 if __name__ == "__main__":

@@ -114,3 +114,10 @@ def test_without_backtracking_the_run_is_plain_sft():
     assert not any(
         (b["shift_labels"] == start.backtrack_id).any() for b in trainer.get_train_dataloader()
     )
+
+
+def test_a_bad_config_value_exits_with_a_message_naming_the_field(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", str(CONFIGS / "default.yaml"), "backtrack.objective=sideways"])
+    assert exit_info.value.code == 2
+    assert "backtrack.objective must be one of" in capsys.readouterr().err
