@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from backtrack.checkpoint import LoadedCheckpoint, load_checkpoint
+from backtrack.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from backtrack.decoder import Sequence, generate
 from backtrack.events import BacktrackEvent, DoneEvent
 from backtrack.params import GenerationParams
@@ -221,7 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    checkpoint = load_checkpoint(args.checkpoint, torch.device("cpu"), torch.float32)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint, torch.device("cpu"), torch.float32)
+    except CheckpointError as error:
+        parser.error(f"{error} (make train writes checkpoints/default)")
     figures = evaluate_checkpoint(
         checkpoint, args.problems, tuple(args.temperatures), tuple(args.modes)
     )

@@ -48,3 +48,12 @@ def test_recovery_and_false_backtracks_count_the_backtrack_decisions(
     subject = Subject(model, char_tokenizer, backtrack_id, held_out_problems(Config(), 5))
     assert recovery_rate(subject) == rate
     assert false_backtrack_rate(subject) == rate
+
+
+def test_evaluating_a_missing_checkpoint_says_so_and_exits(tmp_path, capsys):
+    from training import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--checkpoint", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
