@@ -2,7 +2,9 @@
 
 Phases begin at (fractional) epochs. Before every optimiser step the callback sets the shared
 `ErrorPlan` that the collator's injector reads, so the dataset under the Trainer never changes
-length or content: only the errors drawn per batch do. A clean first phase lets the model learn
+length or content: only the errors drawn per batch do. The Trainer collates a step's batches just
+before that step begins, so a new phase shows in the batches one step after its boundary. The
+collator must run in the training process (`dataloader_num_workers=0`) to see the plan. A clean first phase lets the model learn
 the task before it sees errors (corrupting from step 0 stops a small model learning the task at
 all). The phase in force and the observed number of errors per example are logged.
 """
