@@ -1,15 +1,17 @@
 """Per-token text for a stream whose tokens can be popped again.
 
-Decoding one token alone breaks tokenizers that merge bytes or strip leading spaces, so each
+Decoding one token alone breaks tokenizers that merge bytes or strip leading spaces, so a
 token's text is the difference between decoding a short window with and without it (TGI's
-approach). Texts are kept per visible token so a pop returns exactly the text that was shown.
+prefix/read offsets). A token that ends inside a multi-byte character adds no text; the token
+that completes the character carries all of it. The offsets are saved per token, so a pop
+returns exactly the text that token had added and restores the state before it.
 """
 
 from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-WINDOW = 5
+INCOMPLETE = "\ufffd"
 
 
 class IncrementalDetokenizer:
@@ -17,19 +19,27 @@ class IncrementalDetokenizer:
         self._tokenizer = tokenizer
         self.ids: list[int] = []
         self.texts: list[str] = []
+        self._prefix_offset = 0
+        self._read_offset = 0
+        self._saved_offsets: list[tuple[int, int]] = []
 
     def push(self, token_id: int) -> str:
         """Append a token and return the text it adds to the visible output."""
-        window = self.ids[-WINDOW:]
-        before = self._decode(window)
-        after = self._decode([*window, token_id])
-        text = after[len(before) :] if after.startswith(before) else after
+        self._saved_offsets.append((self._prefix_offset, self._read_offset))
         self.ids.append(token_id)
+        before = self._decode(self.ids[self._prefix_offset : self._read_offset])
+        after = self._decode(self.ids[self._prefix_offset :])
+        if len(after) > len(before) and not after.endswith(INCOMPLETE):
+            text = after[len(before) :]
+            self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
+        else:
+            text = ""
         self.texts.append(text)
         return text
 
     def pop(self) -> tuple[int, str]:
         """Remove the last token; return its id and the text it had added."""
+        self._prefix_offset, self._read_offset = self._saved_offsets.pop()
         return self.ids.pop(), self.texts.pop()
 
     @property

@@ -44,3 +44,34 @@ def test_detokenizer_pop_returns_what_push_added(char_tokenizer):
     assert detok.text == "12 + 3" == "".join(texts)
     assert detok.pop() == (ids[-1], "3")
     assert detok.text == "12 + "
+
+
+def _byte_level_tokenizer():
+    """A byte-level BPE trained on ASCII only, so every accented letter splits into 2 tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(["hello world, the cafe is open"] * 10, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def test_detokenizer_never_shows_half_a_character_and_pops_back():
+    tokenizer = _byte_level_tokenizer()
+    text = "café über naïve ok"
+    ids = tokenizer.encode(text)
+    assert len(ids) > len(tokenizer.encode("cafe uber naive ok"))  # accents really split
+    detok = IncrementalDetokenizer(tokenizer)
+    pieces = [detok.push(token) for token in ids]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+    while detok.ids:
+        detok.pop()
+        assert detok.text == tokenizer.decode(
+            detok.ids
+        ) or detok.text + "\ufffd" == tokenizer.decode(detok.ids)
