@@ -195,6 +195,8 @@ class Sequence:
             return None
         if self.counters.backtracks >= self.params.max_backtracks:
             return self._finish("max_backtracks")
+        if self.params.mode == "keep" and len(self.context_ids) + 1 > self.max_context:
+            return self._finish("length")  # keep feeds BT: no room left in the context
         self.counters.backtracks += 1
         index = len(self.visible_ids) - 1
         removed_id, removed_text = self.detok.pop()

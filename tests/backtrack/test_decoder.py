@@ -254,3 +254,14 @@ def test_cancel_ends_with_the_reason_and_frees_the_cache(tiny_model, char_tokeni
     assert events[-1].finish_reason == "cancelled"
     assert sequence.cache is None
     assert sequence.step() == []
+
+
+def test_keep_mode_stops_when_the_context_is_full(tiny_model, char_tokenizer, backtrack_id):
+    params = GenerationParams(max_new_tokens=10, mode="keep", backtrack_policy="never")
+    prompt_ids = encode(char_tokenizer, "7+8=")
+    sequence = Sequence(tiny_model, char_tokenizer, backtrack_id, prompt_ids, params)
+    sequence.max_context = len(prompt_ids) + 1
+    sequence.force_token(char_tokenizer.convert_tokens_to_ids("1"))
+    events = sequence.backtrack()
+    assert events is not None and events[-1].finish_reason == "length"
+    assert sequence.counters.backtracks == 0
