@@ -26,7 +26,8 @@ def save_loss_curve(
     axis.set_xlabel("step")
     axis.set_ylabel("loss")
     axis.set_yscale("log")
-    axis.legend()
+    if axis.get_legend_handles_labels()[0]:  # a run too short to log has no curve to label
+        axis.legend()
     axis.set_title("training loss (dotted: curriculum phase changes)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
