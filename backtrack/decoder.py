@@ -214,11 +214,10 @@ class Sequence:
         self.counters.sampled_tokens += 1
         if token in self.eos_ids:
             return self._finish("eos")
-        previous_length = len(self.detok.text)
-        self.detok.push(token)
+        added = len(self.detok.push(token))
         self.logprobs.append(logprob)
         self.counters.high_water = max(self.counters.high_water, len(self.visible_ids))
-        stop_at = find_stop(self.detok.text, self.params.stop, previous_length)
+        stop_at = self._stop_position(added)
         if stop_at is not None:
             return self._finish("stop", text_length=stop_at)
         if len(self.visible_ids) >= self.params.max_new_tokens:
@@ -227,6 +226,17 @@ class Sequence:
             return self._finish("length")
         self.next_logits = self._feed(token)
         return self._release()
+
+    def _stop_position(self, added: int) -> int | None:
+        """Where a stop sequence starts in the text, if the last `added` characters completed one.
+
+        Only the tail a new match can touch is searched, so a step costs the same at any length.
+        """
+        if not self.params.stop:
+            return None
+        tail = self.detok.tail(max(map(len, self.params.stop)) + added)
+        start = find_stop(tail, self.params.stop, len(tail) - added)
+        return None if start is None else self.detok.length - len(tail) + start
 
     def _feed(self, token: int) -> torch.Tensor:
         self.context_ids.append(token)
@@ -241,8 +251,10 @@ class Sequence:
         """Show what can no longer be changed by a stop sequence (or, when asked, a deletion)."""
         texts = self.detok.texts
         limit = len(texts)
+        stops = self.params.stop
+        # a partial stop is shorter than the longest stop, so that much of the tail suffices
         held_chars = (
-            partial_stop_length(self.detok.text, self.params.stop) if self.params.stop else 0
+            partial_stop_length(self.detok.tail(max(map(len, stops))), stops) if stops else 0
         )
         while held_chars > 0 and limit > 0:
             held_chars -= len(texts[limit - 1])

@@ -22,6 +22,8 @@ class IncrementalDetokenizer:
         self._prefix_offset = 0
         self._read_offset = 0
         self._saved_offsets: list[tuple[int, int]] = []
+        self.length = 0
+        """Characters of visible text, kept so the hot path never joins the whole text."""
 
     def push(self, token_id: int) -> str:
         """Append a token and return the text it adds to the visible output."""
@@ -35,16 +37,30 @@ class IncrementalDetokenizer:
         else:
             text = ""
         self.texts.append(text)
+        self.length += len(text)
         return text
 
     def pop(self) -> tuple[int, str]:
         """Remove the last token; return its id and the text it had added."""
         self._prefix_offset, self._read_offset = self._saved_offsets.pop()
-        return self.ids.pop(), self.texts.pop()
+        text = self.texts.pop()
+        self.length -= len(text)
+        return self.ids.pop(), text
 
     @property
     def text(self) -> str:
         return "".join(self.texts)
+
+    def tail(self, characters: int) -> str:
+        """At least the last `characters` characters of the text (whole tokens), or all of it."""
+        pieces: list[str] = []
+        collected = 0
+        for text in reversed(self.texts):
+            if collected >= characters:
+                break
+            pieces.append(text)
+            collected += len(text)
+        return "".join(reversed(pieces))
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
