@@ -84,6 +84,8 @@ async def _load(app: FastAPI) -> None:
         app.state.metrics,
         max_running=settings.max_concurrent_requests,
         max_waiting=settings.max_queue_size,
+        max_batch_total_tokens=settings.max_batch_total_tokens,
+        max_batch_prefill_tokens=settings.max_batch_prefill_tokens,
     )
     engine.start()
     limits = Limits(

@@ -1,13 +1,15 @@
-"""The engine: one worker thread owns the model and steps every running request.
+"""The engine: one worker thread owns the model and steps every running request in one batch.
 
     API (asyncio)                          worker thread
-    submit(request) -> Stream  --------->  waiting queue --admit--> running list
-    async for events in stream  <--------  round-robin: one `Sequence.step()` each per turn
-    stream.cancel()             -- flag -> checked once per step: cancel, free the cache
+    submit(request) -> Stream  --------->  waiting queue --admit (slots, KV budget)--> batch
+    async for events in stream  <--------  one `BatchDecoder.step()` per turn: one forward for
+                                           every running row, chunked prefill of joining rows
+    stream.cancel()             -- flag -> checked once per step: the row leaves, its KV is freed
 
-Requests join and leave between steps, so concurrent requests interleave. The API layer only
-sees `submit`, `Stream` and `cancel`; replacing the round-robin loop by one batched forward per
-step would change nothing above this module.
+Requests join and leave between steps. Admission is by request count (`max_running`) and by a
+KV budget in tokens (`max_batch_total_tokens`): a request reserves its prompt plus the most its
+context can grow to, so an admitted request never runs out of room. The API layer only sees
+`submit`, `Stream` and `cancel`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from backtrack.decoder import Sequence
+from backtrack.batch import BatchDecoder, StepReport
 from backtrack.events import DoneEvent, Event, TokenEvent
-from backtrack.params import GenerationParams
+from backtrack.params import GenerationParams, InvalidParameter
+from backtrack.row import Row
 from server.loading import ServedModel
 from server.metrics import Metrics
 
@@ -48,6 +51,14 @@ class GenerationRequest:
     """Never emit a token a later backtrack could delete (for clients that cannot erase)."""
     timeout: float | None = None
     """Seconds from arrival before the request ends with finish_reason `timeout`."""
+
+    def reserved_tokens(self, max_context: int) -> int:
+        """The most KV entries this request can hold: prompt + visible (+ BTs and deleted tokens
+        that stay in the context in keep mode), never more than the model's context."""
+        growth = self.params.max_new_tokens
+        if self.params.mode == "keep":
+            growth += 2 * self.params.max_backtracks
+        return min(len(self.prompt_ids) + growth, max_context)
 
 
 class Stream:
@@ -84,12 +95,10 @@ class Stream:
 class _Job:
     request: GenerationRequest
     stream: Stream
+    reserved_tokens: int
     arrival: float = field(default_factory=time.monotonic)
-    sequence: Sequence | None = None
+    row: Row | None = None
     last_token_at: float | None = None
-    backtracks: int = 0
-    sampled_tokens: int = 0
-    cached_tokens: int = 0
 
     @property
     def deadline(self) -> float:
@@ -98,7 +107,7 @@ class _Job:
 
 
 class Engine:
-    """Owns the model; schedules requests onto one worker thread."""
+    """Owns the model; schedules requests onto one worker thread that decodes them in a batch."""
 
     def __init__(
         self,
@@ -106,17 +115,29 @@ class Engine:
         metrics: Metrics,
         max_running: int,
         max_waiting: int,
+        max_batch_total_tokens: int = 1 << 20,
+        max_batch_prefill_tokens: int = 512,
     ) -> None:
         self.served = served
         self.metrics = metrics
         self.max_running = max_running
         self.max_waiting = max_waiting
+        self.max_batch_total_tokens = max_batch_total_tokens
+        self.decoder = BatchDecoder(
+            served.model,
+            served.tokenizer,
+            served.backtrack_id,
+            prefill_chunk_tokens=max_batch_prefill_tokens,
+        )
         self._wake = threading.Condition()
         self._waiting: deque[_Job] = deque()
         self._running: list[_Job] = []
+        self._by_row: dict[Row, _Job] = {}
+        self._reserved = 0
         self._stop = False
         self._shutdown_deadline: float | None = None
         self._thread = threading.Thread(target=self._work, name="engine", daemon=True)
+        metrics.kv_cache_budget_tokens.set(max_batch_total_tokens)
 
     # -- the interface the API uses ------------------------------------------------------------
 
@@ -124,7 +145,17 @@ class Engine:
         self._thread.start()
 
     def submit(self, request: GenerationRequest) -> Stream:
-        """Queue a request; raises QueueFull or ShuttingDown at once instead of waiting."""
+        """Queue a request; raises QueueFull or ShuttingDown at once instead of waiting.
+
+        A request that could never fit the KV budget is refused (InvalidParameter, 422).
+        """
+        reserved = request.reserved_tokens(self.served.max_context)
+        if reserved > self.max_batch_total_tokens:
+            raise InvalidParameter(
+                "max_new_tokens",
+                f"with the prompt needs {reserved} tokens of KV cache; "
+                f"the server holds at most {self.max_batch_total_tokens} (max_batch_total_tokens)",
+            )
         stream = Stream(asyncio.get_running_loop(), self._wake)
         with self._wake:
             if self._shutdown_deadline is not None:
@@ -133,7 +164,7 @@ class Engine:
                 raise QueueFull(
                     f"{len(self._running)} requests running and {len(self._waiting)} waiting"
                 )
-            self._waiting.append(_Job(request, stream))
+            self._waiting.append(_Job(request, stream, reserved))
             self.metrics.queue_size.set(len(self._waiting))
             self._wake.notify()
         return stream
@@ -178,67 +209,86 @@ class Engine:
             for job in admitted:
                 self._start(job)
             for job in list(self._running):
-                if job.sequence is not None:
-                    self._advance(job)
+                reason = self._end_reason(job)
+                if reason is not None and job.row is not None:
+                    self._publish(job, self.decoder.cancel(job.row, reason))
+            if self.decoder.rows:
+                self._step()
 
     def _admit(self) -> list[_Job]:
-        """Move waiting jobs into free slots (called with the lock held).
+        """Move waiting jobs into the batch while slots and KV budget last (lock held).
 
-        Jobs cancelled or out of time while waiting are taken too, so `_start` ends them now
-        rather than when a slot frees.
+        First come, first served: a large request at the head waits for room rather than being
+        overtaken forever. Jobs cancelled or out of time while waiting are taken too, so
+        `_start` ends them now rather than when room frees.
         """
         admitted = [job for job in self._waiting if self._end_reason(job) is not None]
         for job in admitted:
             self._waiting.remove(job)
         while self._waiting and len(self._running) + len(admitted) < self.max_running:
+            reserved = self._waiting[0].reserved_tokens
+            if self._reserved + reserved > self.max_batch_total_tokens:
+                break
+            self._reserved += reserved
             admitted.append(self._waiting.popleft())
         self._running.extend(admitted)
         self.metrics.queue_size.set(len(self._waiting))
         self.metrics.running_requests.set(len(self._running))
+        self.metrics.kv_cache_reserved_tokens.set(self._reserved)
         return admitted
 
     def _start(self, job: _Job) -> None:
-        """Prefill a job's prompt; a job cancelled or out of time while waiting ends here."""
+        """Add a job's row to the batch; a job cancelled or out of time while waiting ends here."""
         reason = self._end_reason(job)
         if reason is not None:
             self._finish_unstarted(job, reason)
             return
-        request, served = job.request, self.served
+        request = job.request
         try:
-            job.sequence = Sequence(
-                served.model,
-                served.tokenizer,
-                served.backtrack_id,
-                request.prompt_ids,
-                request.params,
-                hold_back_deletable=request.hold_back_deletable,
+            job.row = self.decoder.add(
+                request.prompt_ids, request.params, request.hold_back_deletable
             )
         except Exception:
-            log.exception("prefill failed")
+            log.exception("starting the request failed")
             self._finish_unstarted(job, "error")
             return
+        self._by_row[job.row] = job
         self.metrics.prompt_tokens.inc(len(request.prompt_ids))
-        self._record(job, job.sequence, [])
 
-    def _advance(self, job: _Job) -> None:
-        """One step of one job, or its end when it was cancelled or ran out of time."""
-        sequence = job.sequence
-        assert sequence is not None
-        reason = self._end_reason(job)
+    def _step(self) -> None:
+        """One batched step; a failing step ends every row it touched with `error`."""
         try:
-            events = sequence.step() if reason is None else sequence.cancel(reason)
+            report = self.decoder.step()
         except Exception:
             log.exception("decoding step failed")
-            events = sequence.cancel("error")
-        self._record(job, sequence, events)
-        if sequence.finished:
+            for row in list(self.decoder.rows):
+                job = self._by_row.get(row)
+                events = self.decoder.cancel(row, "error")
+                if job is not None:
+                    self._publish(job, events)
+            return
+        self._record_step(report)
+        for row, events in report.events.items():
+            job = self._by_row.get(row)
+            if job is not None:
+                self._publish(job, events)
+
+    def _publish(self, job: _Job, events: list[Event]) -> None:
+        self._record(job, events)
+        if job.row is not None and job.row.finished:
             self._leave(job)  # before publishing: a client that sees `done` sees the slot free
         job.stream.publish(events)
 
     def _leave(self, job: _Job) -> None:
         with self._wake:
-            self._running.remove(job)
+            if job in self._running:
+                self._running.remove(job)
+                self._reserved -= job.reserved_tokens
+            if job.row is not None:
+                self._by_row.pop(job.row, None)
             self.metrics.running_requests.set(len(self._running))
+            self.metrics.kv_cache_reserved_tokens.set(self._reserved)
+        self.metrics.kv_cache_tokens.set(self.decoder.kv.tokens_held())
 
     def _end_reason(self, job: _Job) -> str | None:
         now = time.monotonic()
@@ -260,24 +310,30 @@ class Engine:
             seed=job.request.params.seed,
             prompt_tokens=len(job.request.prompt_ids),
         )
-        self._record(job, None, [done])
+        self._record(job, [done])
         self._leave(job)
         job.stream.publish([done])
 
     # -- metrics ---------------------------------------------------------------------------------
 
-    def _record(self, job: _Job, sequence: Sequence | None, events: list[Event]) -> None:
-        """Count what one step did; backtracks hidden by hold-back count too."""
+    def _record_step(self, report: StepReport) -> None:
+        """What the step did as a whole, from its report."""
         m = self.metrics
-        if sequence is not None:
-            counters = sequence.counters
-            m.backtracks.inc(counters.backtracks - job.backtracks)
-            m.deleted_tokens.inc(counters.backtracks - job.backtracks)
-            m.generated_tokens.inc(counters.sampled_tokens - job.sampled_tokens)
-            job.backtracks, job.sampled_tokens = counters.backtracks, counters.sampled_tokens
-            cached = len(sequence.context_ids) if sequence.cache is not None else 0
-            m.kv_cache_tokens.inc(cached - job.cached_tokens)
-            job.cached_tokens = cached
+        m.generated_tokens.inc(report.sampled_tokens)
+        m.backtracks.inc(report.backtracks)
+        m.deleted_tokens.inc(report.backtracks)
+        m.kv_cache_tokens.set(report.kv_tokens)
+        m.kv_cache_slots.set(report.kv_slots)
+        m.kv_cache_usage.set(report.kv_tokens / self.max_batch_total_tokens)
+        if report.decode_rows:
+            m.batch_size.observe(report.decode_rows)
+            m.decode_step_seconds.observe(report.decode_seconds)
+        if report.prefill_tokens:
+            m.prefill_step_seconds.observe(report.prefill_seconds)
+
+    def _record(self, job: _Job, events: list[Event]) -> None:
+        """Latencies and request counts from the events a client is about to see."""
+        m = self.metrics
         now = time.monotonic()
         for event in events:
             if isinstance(event, TokenEvent):

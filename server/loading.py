@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from backtrack.checkpoint import CheckpointMetadata, load_checkpoint
 from backtrack.device import resolve_device, resolve_dtype
+from backtrack.kv import check_supported
 from server.settings import Settings
 
 
@@ -65,6 +66,7 @@ def load_served_model(settings: Settings) -> ServedModel:
         trust_remote_code=settings.trust_remote_code,
         gguf_file=settings.gguf_file,
     )
+    check_supported(loaded.model)  # UnsupportedModel (a ValueError) names what cannot be rewound
     return ServedModel(
         model=loaded.model,
         tokenizer=loaded.tokenizer,

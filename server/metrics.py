@@ -39,6 +39,26 @@ LATENCY_BUCKETS = (
     2560.0,
 )
 BACKTRACK_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+STEP_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""One forward: a tenth of a millisecond (a GPU decode step) to seconds (a long CPU prefill)."""
 
 
 class Metrics:
@@ -106,6 +126,44 @@ class Metrics:
         self.kv_cache_tokens = Gauge(
             "backtrack_kv_cache_tokens",
             "Tokens held in the KV caches of running requests (0 once every request ended).",
+            registry=r,
+        )
+        self.kv_cache_slots = Gauge(
+            "backtrack_kv_cache_slots",
+            "KV slots allocated for the running batch, padding and rewound holes included.",
+            registry=r,
+        )
+        self.kv_cache_reserved_tokens = Gauge(
+            "backtrack_kv_cache_reserved_tokens",
+            "KV tokens reserved by admitted requests (prompt + the most they can generate).",
+            registry=r,
+        )
+        self.kv_cache_budget_tokens = Gauge(
+            "backtrack_kv_cache_budget_tokens",
+            "The KV budget admission works within (max_batch_total_tokens).",
+            registry=r,
+        )
+        self.kv_cache_usage = Gauge(
+            "backtrack_kv_cache_usage_ratio",
+            "KV tokens held as a fraction of the budget (0..1), for routers and autoscalers.",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "backtrack_batch_size",
+            "Rows in each batched decode forward.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.decode_step_seconds = Histogram(
+            "backtrack_decode_step_seconds",
+            "Time of each batched decode forward.",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.prefill_step_seconds = Histogram(
+            "backtrack_prefill_step_seconds",
+            "Time spent prefilling prompt chunks in each step that prefilled.",
+            buckets=STEP_BUCKETS,
             registry=r,
         )
 

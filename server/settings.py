@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     )
     max_concurrent_requests: int = Field(16, ge=1, description="requests decoded at once")
     max_queue_size: int = Field(64, ge=0, description="requests waiting for a slot; beyond it: 429")
+    max_batch_total_tokens: int = Field(
+        65536,
+        ge=1,
+        description="KV budget in tokens: a request reserves its prompt plus its max_new_tokens "
+        "(and 2 per allowed backtrack in keep mode); requests wait until theirs fits",
+    )
+    max_batch_prefill_tokens: int = Field(
+        512,
+        ge=1,
+        description="prompt tokens prefilled per step while other requests decode (chunked prefill)",
+    )
     request_timeout: float = Field(
         300.0, gt=0, description="seconds before a request ends with finish_reason timeout"
     )

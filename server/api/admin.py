@@ -43,6 +43,8 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
         "max_context": served.max_context,
         "max_concurrent_requests": settings.max_concurrent_requests,
         "max_queue_size": settings.max_queue_size,
+        "max_batch_total_tokens": settings.max_batch_total_tokens,
+        "max_batch_prefill_tokens": settings.max_batch_prefill_tokens,
         "request_timeout": settings.request_timeout,
         "modes": ["rewind", "keep"],
         "backtrack_policies": ["argmax", "threshold", "sample", "never"],

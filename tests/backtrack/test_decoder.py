@@ -70,7 +70,7 @@ def test_rewound_cache_matches_fresh_forward(
     if sequence.finished:
         return
     assert sequence.context_ids == sequence.prompt_ids + sequence.visible_ids
-    assert sequence.cache.get_seq_length() == len(sequence.context_ids)
+    assert sequence.kv_tokens == len(sequence.context_ids)
     expected = fresh_logits(tiny_model, sequence.context_ids)
     torch.testing.assert_close(sequence.next_logits, expected, atol=1e-4, rtol=1e-4)
 
@@ -252,7 +252,7 @@ def test_cancel_ends_with_the_reason_and_frees_the_cache(tiny_model, char_tokeni
     events = sequence.cancel("cancelled")
     assert isinstance(events[-1], DoneEvent)
     assert events[-1].finish_reason == "cancelled"
-    assert sequence.cache is None
+    assert sequence.kv_tokens == 0
     assert sequence.step() == []
 
 
@@ -260,7 +260,7 @@ def test_keep_mode_stops_when_the_context_is_full(tiny_model, char_tokenizer, ba
     params = GenerationParams(max_new_tokens=10, mode="keep", backtrack_policy="never")
     prompt_ids = encode(char_tokenizer, "7+8=")
     sequence = Sequence(tiny_model, char_tokenizer, backtrack_id, prompt_ids, params)
-    sequence.max_context = len(prompt_ids) + 1
+    sequence.row.max_context = len(prompt_ids) + 1
     sequence.force_token(char_tokenizer.convert_tokens_to_ids("1"))
     events = sequence.backtrack()
     assert events is not None and events[-1].finish_reason == "length"

@@ -1,67 +1,173 @@
-"""The backtrack decision and token choice, with hand-made logits and no model."""
+"""The vectorised backtrack decision and token choice, with hand-made logits and no model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import LogitsProcessorList
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from backtrack.params import GenerationParams
-from backtrack.sampling import build_processors, choose, mask_tokens, wants_backtrack
+from backtrack.sampling import RowSampling, decide, shape_scores
 
 BT = 3
+VOCAB = 12
 
 
-def logits_with(bt_prob_rank: list[float]) -> torch.Tensor:
-    return torch.log(torch.tensor(bt_prob_rank))
+def row(params: GenerationParams, context: list[int] | None = None, banned=(), seed: int = 0):
+    return RowSampling(
+        params, torch.Generator().manual_seed(seed), context or [], frozenset(banned)
+    )
+
+
+def probs_to_logits(probs: list[float]) -> torch.Tensor:
+    return torch.log(torch.tensor([probs]))
+
+
+def reference_processors(params: GenerationParams) -> LogitsProcessorList:
+    """What `generate()` would apply for these parameters, one request at a time."""
+    processors = LogitsProcessorList()
+    if params.repetition_penalty not in (None, 1.0):
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if not params.do_sample:
+        return processors
+    if params.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k is not None:
+        processors.append(TopKLogitsWarper(params.top_k))
+    if params.top_p is not None and params.top_p < 1.0:
+        processors.append(TopPLogitsWarper(params.top_p))
+    if params.min_p:
+        processors.append(MinPLogitsWarper(params.min_p))
+    return processors
+
+
+ROW_PARAMS = st.builds(
+    GenerationParams,
+    do_sample=st.booleans(),
+    temperature=st.floats(0.3, 3.0),
+    top_k=st.none() | st.integers(1, VOCAB + 2),
+    top_p=st.none() | st.floats(0.05, 1.0),
+    min_p=st.none() | st.floats(0.0, 0.9),
+    repetition_penalty=st.none() | st.floats(0.5, 2.5),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(ROW_PARAMS, st.lists(st.integers(0, VOCAB - 1), max_size=6)),
+        min_size=1,
+        max_size=6,
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_each_row_is_shaped_exactly_as_transformers_processors_shape_it(rows, seed):
+    logits = torch.randn(len(rows), VOCAB, generator=torch.Generator().manual_seed(seed)) * 3
+    samplings = [row(params, context) for params, context in rows]
+    ours = shape_scores(logits, samplings)
+    for index, (params, context) in enumerate(rows):
+        expected = reference_processors(params)(
+            torch.tensor([context], dtype=torch.long), logits[index : index + 1].clone()
+        )[0]
+        torch.testing.assert_close(ours[index], expected)
 
 
 def test_argmax_policy_backtracks_only_when_bt_is_the_most_likely_token():
-    assert wants_backtrack(logits_with([0.1, 0.2, 0.1, 0.6]), BT, "argmax", 0.3)
-    assert not wants_backtrack(logits_with([0.1, 0.5, 0.1, 0.3]), BT, "argmax", 0.3)
+    logits = torch.cat(
+        [probs_to_logits([0.1, 0.2, 0.1, 0.6]), probs_to_logits([0.1, 0.5, 0.1, 0.3])]
+    )
+    choices = decide(logits, [row(GenerationParams()), row(GenerationParams())], BT)
+    assert choices.wants_backtrack == [True, False]
+    assert choices.tokens == [1, 1]  # the ordinary choice never is BT
 
 
 def test_threshold_policy_uses_the_untempered_probability():
-    logits = logits_with([0.1, 0.5, 0.05, 0.35])
-    assert wants_backtrack(logits, BT, "threshold", 0.3)
-    assert not wants_backtrack(logits, BT, "threshold", 0.4)
+    logits = probs_to_logits([0.1, 0.5, 0.05, 0.35]).repeat(2, 1)
+    hot = {"do_sample": True, "temperature": 5.0, "backtrack_policy": "threshold"}
+    rows = [
+        row(GenerationParams(**hot, backtrack_threshold=0.3)),
+        row(GenerationParams(**hot, backtrack_threshold=0.4)),
+    ]
+    assert decide(logits, rows, BT).wants_backtrack == [True, False]
 
 
-def test_sample_and_never_policies_do_not_decide_here():
-    logits = logits_with([0.01, 0.01, 0.01, 0.97])
-    assert not wants_backtrack(logits, BT, "sample", 0.3)
-    assert not wants_backtrack(logits, BT, "never", 0.3)
+def test_never_policy_does_not_backtrack():
+    logits = probs_to_logits([0.01, 0.01, 0.01, 0.97])
+    choices = decide(logits, [row(GenerationParams(backtrack_policy="never"))], BT)
+    assert choices.wants_backtrack == [False]
+
+
+def test_sample_policy_draws_bt_with_its_probability():
+    logits = probs_to_logits([0.25, 0.25, 0.0, 0.5])
+    params = GenerationParams(do_sample=True, backtrack_policy="sample")
+    generator_row = row(params, seed=1)
+    drawn = [decide(logits, [generator_row], BT).wants_backtrack[0] for _ in range(400)]
+    assert 0.4 < sum(drawn) / len(drawn) < 0.6
 
 
 def test_temperature_shapes_the_choice_but_not_the_reported_logprob():
-    logits = logits_with([0.7, 0.2, 0.1, 1e-9])
-    processors = build_processors(GenerationParams(do_sample=True, temperature=5.0))
-    generator = torch.Generator().manual_seed(0)
-    drawn = {choose(logits, torch.tensor([0]), processors, True, generator)[0] for _ in range(200)}
+    logits = probs_to_logits([0.7, 0.2, 0.1, 1e-9])
+    hot = row(GenerationParams(do_sample=True, temperature=5.0))
+    drawn = {decide(logits, [hot], BT).tokens[0] for _ in range(200)}
     assert drawn >= {0, 1, 2}  # a hot temperature reaches the unlikely tokens
-    token, logprob = choose(
-        logits, torch.tensor([0]), build_processors(GenerationParams()), False, None
-    )
-    assert token == 0
-    assert logprob == pytest.approx(float(torch.log(torch.tensor(0.7))), abs=1e-5)
+    choices = decide(logits, [row(GenerationParams())], BT)
+    assert choices.tokens == [0]
+    assert choices.logprobs[0] == pytest.approx(float(torch.log(torch.tensor(0.7))), abs=1e-5)
 
 
 def test_top_k_one_is_greedy_even_when_sampling():
-    logits = logits_with([0.3, 0.4, 0.2, 0.1])
-    processors = build_processors(GenerationParams(do_sample=True, top_k=1, temperature=3.0))
-    generator = torch.Generator().manual_seed(0)
-    assert {
-        choose(logits, torch.tensor([0]), processors, True, generator)[0] for _ in range(50)
-    } == {1}
+    logits = probs_to_logits([0.3, 0.4, 0.2, 0.1])
+    sampled = row(GenerationParams(do_sample=True, top_k=1, temperature=3.0))
+    assert {decide(logits, [sampled], BT).tokens[0] for _ in range(50)} == {1}
 
 
 def test_repetition_penalty_moves_greedy_off_a_repeated_token():
-    logits = logits_with([0.45, 0.40, 0.1, 0.05])
-    processors = build_processors(GenerationParams(repetition_penalty=2.0))
-    assert choose(logits, torch.tensor([0, 0]), processors, False, None)[0] == 1
+    logits = probs_to_logits([0.45, 0.40, 0.1, 0.05])
+    penalised = row(GenerationParams(repetition_penalty=2.0), context=[0, 0])
+    assert decide(logits, [penalised], BT).tokens == [1]
 
 
-def test_mask_tokens_does_not_touch_its_input():
-    logits = torch.zeros(4)
-    masked = mask_tokens(logits, {1, 2})
-    assert torch.isinf(masked[[1, 2]]).all()
-    assert not torch.isinf(logits).any()
+def test_bans_apply_to_their_row_only():
+    logits = probs_to_logits([0.5, 0.3, 0.15, 0.05]).repeat(2, 1)
+    choices = decide(logits, [row(GenerationParams(), banned={0}), row(GenerationParams())], BT)
+    assert choices.tokens == [1, 0]
+
+
+def test_a_ban_of_every_ordinary_token_is_not_applied():
+    logits = probs_to_logits([0.5, 0.3, 0.15, 0.05])
+    choices = decide(logits, [row(GenerationParams(), banned={0, 1, 2})], BT)
+    assert choices.tokens == [0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    neighbours=st.lists(st.tuples(st.booleans(), st.integers(0, 2**16)), max_size=5),
+    position=st.integers(0, 5),
+)
+def test_a_seeded_row_draws_the_same_tokens_whatever_shares_its_batch(seed, neighbours, position):
+    """The draw depends on the row's own generator, never on its neighbours or its place."""
+    logits = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(7))
+    params = GenerationParams(do_sample=True, temperature=1.7, seed=seed)
+    alone_row = row(params, seed=seed)
+    alone = [decide(logits, [alone_row], BT).tokens[0] for _ in range(8)]
+    target = row(params, seed=seed)
+    others = [
+        row(GenerationParams(do_sample=sampled, temperature=1.3), seed=other)
+        for sampled, other in neighbours
+    ]
+    place = min(position, len(others))
+    rows = [*others[:place], target, *others[place:]]
+    batch_logits = torch.randn(len(rows), VOCAB)
+    batch_logits[place] = logits[0]
+    batched = [decide(batch_logits, rows, BT).tokens[place] for _ in range(8)]
+    assert batched == alone

@@ -1,0 +1,238 @@
+"""The batch decoder: every running request advances in one forward per step.
+
+    add(prompt, params) -> Row            rows join between steps
+    step() -> StepReport                  1. one batched forward: each row feeds its pending token
+                                             (a new token, or the re-fed token after a rewind)
+                                          2. chunked prefill of joining rows, within a token budget
+                                          3. one vectorised decision per ready row: BT or a token
+    cancel(row) -> events                 a row leaves at once and frees its KV
+
+A backtrack costs no forward of its own: the rewound row's re-fed token is its input in the next
+batched forward, beside every other row's new token. Prefill runs in chunks of at most
+`prefill_chunk_tokens` per step while other rows are decoding, so a long prompt never freezes the
+running streams. This is the only decode loop in the project: the server, evaluation and
+`backtrack.decoder.generate` all run through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from backtrack.events import DoneEvent, Event
+from backtrack.kv import PaddedKV
+from backtrack.params import GenerationParams
+from backtrack.row import Row, RowSetup, eos_token_ids
+from backtrack.sampling import decide
+
+
+@dataclass
+class StepReport:
+    """What one step did, for the engine's streams and metrics (no private counters read)."""
+
+    events: dict[Row, list[Event]] = field(default_factory=dict)
+    finished: list[Row] = field(default_factory=list)
+    decode_rows: int = 0
+    """Rows in this step's batched forward (0: no decode forward ran)."""
+    rewound_rows: int = 0
+    """Rows whose input this step was a re-fed token after a rewind."""
+    prefill_tokens: int = 0
+    sampled_tokens: int = 0
+    backtracks: int = 0
+    forwards: int = 0
+    """Model forwards this step: at most one decode forward plus the prefill chunks."""
+    kv_tokens: int = 0
+    """KV entries held by the rows after the step."""
+    kv_slots: int = 0
+    """KV slots allocated after the step (padding and holes included)."""
+    decode_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+
+    def add(self, row: Row, events: list[Event] | None) -> None:
+        if events:
+            self.events.setdefault(row, []).extend(events)
+
+
+class BatchDecoder:
+    """Owns the KV layout and the rows; one instance per model, stepped by one thread."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        backtrack_id: int,
+        prefill_chunk_tokens: int = 512,
+        compact_slack: int = 32,
+    ) -> None:
+        self.model = model
+        self.backtrack_id = backtrack_id
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.setup = RowSetup(
+            tokenizer=tokenizer,
+            backtrack_id=backtrack_id,
+            eos_ids=frozenset(eos_token_ids(model, tokenizer)),
+            max_context=int(getattr(model.config, "max_position_embeddings", 1 << 30)),
+            device=model.device,
+        )
+        self.kv = PaddedKV(model, compact_slack=compact_slack)
+        self.rows: list[Row] = []
+        """Unfinished rows in arrival order: prefilling, or decoding."""
+
+    # -- rows joining and leaving -------------------------------------------------------------
+
+    def add(
+        self, prompt_ids: list[int], params: GenerationParams, hold_back_deletable: bool = False
+    ) -> Row:
+        """A new row; it is prefilled by the coming steps (or `prefill_waiting`)."""
+        row = Row(self.setup, prompt_ids, params, hold_back_deletable)
+        self.rows.append(row)
+        return row
+
+    def cancel(self, row: Row, reason: str) -> list[Event]:
+        """End a row now and free its KV (client gone, timeout, shutdown)."""
+        events = row.cancel(reason)
+        self._leave(row)
+        return events
+
+    def _leave(self, row: Row) -> None:
+        self.kv.remove(row)
+        if row in self.rows:
+            self.rows.remove(row)
+
+    @property
+    def decoding(self) -> int:
+        """Rows that have joined the batch (prefilled)."""
+        return self.kv.rows
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def step(self) -> StepReport:
+        """Forward, prefill within the budget, decide: one step of every row."""
+        report = StepReport()
+        start = time.perf_counter()
+        self.forward(report)
+        middle = time.perf_counter()
+        budget = self.prefill_chunk_tokens if self.kv.rows else None
+        self.prefill(report, budget)
+        end = time.perf_counter()
+        self.decide(report)
+        report.decode_seconds = middle - start
+        report.prefill_seconds = end - middle
+        report.kv_tokens = self.kv.tokens_held()
+        report.kv_slots = self.kv.slots_allocated()
+        return report
+
+    def forward(self, report: StepReport | None = None) -> None:
+        """One batched forward feeding every row's pending token (rows with none idle)."""
+        if not self.kv.rows:
+            return
+        rows: list[Row] = list(self.kv.keys)  # type: ignore[arg-type]
+        feeds = []
+        for row in rows:
+            if row.needs_feed:
+                if report is not None and row.slots_to_drop > 0:
+                    report.rewound_rows += 1
+                self.kv.drop_last(row, row.slots_to_drop)
+                feeds.append(row.feed)
+            else:
+                feeds.append(None)
+        if not any(feeds):
+            return
+        logits = self.kv.forward(feeds)
+        for index, (row, feed) in enumerate(zip(rows, feeds, strict=True)):
+            if feed is not None:
+                row.fed(logits[index])
+        if report is not None:
+            report.decode_rows = len(rows)
+            report.forwards += 1
+
+    def prefill(self, report: StepReport | None = None, budget: int | None = None) -> None:
+        """Prefill joining rows in arrival order, at most `budget` prompt tokens (None: all)."""
+        left = budget
+        for row in list(self.rows):
+            if row.finished or row.prefilled == len(row.prompt_ids):
+                continue
+            if left is not None and left <= 0:
+                break
+            remaining = len(row.prompt_ids) - row.prefilled
+            size = remaining if left is None else min(remaining, left)
+            chunk = row.prompt_ids[row.prefilled : row.prefilled + size]
+            final = size == remaining
+            logits = self.kv.prefill(row, chunk, final)
+            row.prefilled += size
+            if logits is not None:
+                row.fed(logits)
+            if left is not None:
+                left -= size
+            if report is not None:
+                report.prefill_tokens += size
+                report.forwards += 1
+
+    def decide(self, report: StepReport | None = None) -> None:
+        """One decision per ready row, sampled for all rows at once."""
+        report = report if report is not None else StepReport()
+        ready = [row for row in self.rows if row.ready]
+        if not ready:
+            return
+        logits = torch.stack([row.next_logits for row in ready])  # type: ignore[misc]
+        choices = decide(logits, [row.sampling() for row in ready], self.backtrack_id)
+        for index, row in enumerate(ready):
+            before_tokens, before_backtracks = row.counters.sampled_tokens, row.counters.backtracks
+            events = row.decide(
+                choices.wants_backtrack[index], choices.tokens[index], choices.logprobs[index]
+            )
+            report.add(row, events)
+            report.sampled_tokens += row.counters.sampled_tokens - before_tokens
+            report.backtracks += row.counters.backtracks - before_backtracks
+            if row.finished:
+                report.finished.append(row)
+                self._leave(row)
+
+
+def decode_all(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    backtrack_id: int,
+    requests: Iterable[tuple[list[int], GenerationParams]],
+    max_rows: int = 64,
+    forced: Iterable[list[int]] | None = None,
+) -> Iterator[tuple[int, list[Event]]]:
+    """Decode many requests, at most `max_rows` at once, refilling as rows finish.
+
+    Yields (request index, that request's events) as each request finishes; `forced[i]` are
+    decisions request i takes before the model's own (evaluation injects errors this way).
+    """
+    decoder = BatchDecoder(model, tokenizer, backtrack_id)
+    pending = iter(enumerate(requests))
+    forced_lists = iter(forced) if forced is not None else None
+    index_of: dict[Row, int] = {}
+    collected: dict[Row, list[Event]] = {}
+    exhausted = False
+    while True:
+        while not exhausted and len(decoder.rows) < max_rows:
+            item = next(pending, None)
+            if item is None:
+                exhausted = True
+                break
+            index, (prompt_ids, params) = item
+            row = decoder.add(prompt_ids, params)
+            if forced_lists is not None:
+                row.forced.extend(next(forced_lists))
+            index_of[row], collected[row] = index, []
+        if not decoder.rows:
+            return
+        report = decoder.step()
+        for row, events in report.events.items():
+            collected[row].extend(events)
+        for row in report.finished:
+            yield index_of.pop(row), collected.pop(row)
+
+
+def final_event(events: list[Event]) -> DoneEvent:
+    done = events[-1]
+    assert isinstance(done, DoneEvent)
+    return done

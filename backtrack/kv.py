@@ -1,0 +1,251 @@
+"""The KV layout of a running batch: rows of different lengths that join, leave and shrink alone.
+
+One transformers `DynamicCache` holds every row, left-padded to a common number of slots, with
+a boolean slot mask beside it. Each decode step appends one slot to every row; explicit per-row
+`position_ids` give each token its true position, and the 2-D attention mask (the slot mask)
+hides padding and rewound slots (transformers' `create_causal_mask` combines the causal rule on
+physical slots with it, for sdpa and eager attention). So:
+
+* a row joins by being prefilled alone and concatenated, left-padded, along the batch axis;
+* a row leaves with `batch_select_indices` (its KV is freed at once);
+* a rewind masks the row's last slots out, and the re-fed token takes a new slot at its old
+  position id: no other row is touched and no extra forward runs;
+* columns nobody uses any more (leading padding, trailing rewound slots) are cut off, and the
+  holes rewinds leave are compacted away once they waste more than `compact_slack` slots.
+
+The decoder talks to this class through `prefill`, `forward`, `drop_last` and `remove` only, so a
+paged layout (vLLM-style blocks) can replace it on CUDA without touching the decoder or the
+server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+Key = Hashable
+
+
+class UnsupportedModel(ValueError):
+    """The model's cache cannot be rewound row by row (sliding window, recurrent state)."""
+
+
+def check_supported(model: PreTrainedModel) -> None:
+    """Refuse models whose KV cache is not one plain growing tensor per layer.
+
+    Sliding-window layers keep only the last window of keys: a rewind past the window would need
+    keys already thrown away, and the padded layout's physical slots would not match the window
+    rule. Recurrent or hybrid caches (Mamba, ...) have no per-token state to drop.
+    """
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    if window or any("sliding" in str(kind) for kind in layer_types):
+        raise UnsupportedModel(
+            f"{type(model).__name__} uses sliding-window attention (sliding_window={window}); "
+            "rewinding its cache row by row is not supported: serve a model with full attention"
+        )
+    if any(str(kind) not in ("full_attention",) for kind in layer_types):
+        raise UnsupportedModel(
+            f"{type(model).__name__} has layer types {sorted(set(map(str, layer_types)))}; "
+            "only full-attention layers can be rewound"
+        )
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    layers = list(cache.layers)
+    for layer in layers:
+        if type(layer) is not DynamicLayer:
+            raise UnsupportedModel(f"cache layer {type(layer).__name__} cannot be rewound per row")
+    return layers
+
+
+def _pad_left(tensor: torch.Tensor, slots: int) -> torch.Tensor:
+    """Add `slots` zero slots before the sequence axis (-2) of a [batch, heads, seq, dim] tensor."""
+    if slots == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[-2] = slots
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=-2)
+
+
+def _gather_slots(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per row, the slots `index[row]` of a [batch, heads, seq, dim] tensor."""
+    heads, dim = tensor.shape[1], tensor.shape[-1]
+    return tensor.gather(2, index[:, None, :, None].expand(-1, heads, -1, dim))
+
+
+class PaddedKV:
+    """Every running row's KV in one left-padded cache, with a slot mask."""
+
+    def __init__(self, model: PreTrainedModel, compact_slack: int = 32) -> None:
+        check_supported(model)
+        self.model = model
+        self.compact_slack = compact_slack
+        self.keys: list[Key] = []
+        """Row keys in batch order."""
+        self.cache: DynamicCache | None = None
+        self.valid = torch.zeros(0, 0, dtype=torch.bool, device=model.device)
+        self._staging: dict[Key, DynamicCache] = {}
+        """Caches of rows still being prefilled, one per row."""
+
+    # -- figures -------------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        return len(self.keys)
+
+    @property
+    def slots(self) -> int:
+        """Slots allocated per row (the padded length)."""
+        return int(self.valid.shape[1])
+
+    def tokens_held(self) -> int:
+        """Valid KV entries over all rows, staging prefills included."""
+        staged = sum(cache.get_seq_length() for cache in self._staging.values())
+        return int(self.valid.sum()) + staged
+
+    def slots_allocated(self) -> int:
+        return self.rows * self.slots + sum(c.get_seq_length() for c in self._staging.values())
+
+    # -- rows joining ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, key: Key, token_ids: list[int], final: bool) -> torch.Tensor | None:
+        """Feed the next chunk of a row's prompt; on the final chunk the row joins the batch.
+
+        Returns the next-token logits (float32) after the final chunk, else None.
+        """
+        cache = self._staging.get(key)
+        if cache is None:
+            cache = self._staging[key] = DynamicCache(config=self.model.config)
+        input_ids = torch.tensor([token_ids], device=self.model.device)
+        output = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        if not final:
+            return None
+        del self._staging[key]
+        self._join(key, cache)
+        return output.logits[0, -1].float()
+
+    def _join(self, key: Key, cache: DynamicCache) -> None:
+        length = cache.get_seq_length()
+        if self.cache is None or not self.keys:
+            self.cache, self.keys = cache, [key]
+            self.valid = torch.ones(1, length, dtype=torch.bool, device=self.model.device)
+            return
+        width = max(self.slots, length)
+        for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
+            mine.keys = torch.cat(
+                [_pad_left(mine.keys, width - self.slots), _pad_left(theirs.keys, width - length)]
+            )
+            mine.values = torch.cat(
+                [
+                    _pad_left(mine.values, width - self.slots),
+                    _pad_left(theirs.values, width - length),
+                ]
+            )
+        row_valid = torch.zeros(1, width, dtype=torch.bool, device=self.valid.device)
+        row_valid[0, width - length :] = True
+        old_valid = torch.cat(
+            [
+                torch.zeros(
+                    self.rows, width - self.slots, dtype=torch.bool, device=self.valid.device
+                ),
+                self.valid,
+            ],
+            dim=1,
+        )
+        self.valid = torch.cat([old_valid, row_valid])
+        self.keys.append(key)
+
+    # -- rows leaving and shrinking ---------------------------------------------------------------
+
+    @torch.inference_mode()
+    def remove(self, key: Key) -> None:
+        """Free a row's KV now (finished, cancelled); a row still prefilling is dropped too."""
+        if self._staging.pop(key, None) is not None or key not in self.keys:
+            return
+        index = self.keys.index(key)
+        keep = [i for i in range(self.rows) if i != index]
+        self.keys.pop(index)
+        if not self.keys:
+            self.cache, self.valid = None, self.valid[:0, :0]
+            return
+        assert self.cache is not None
+        self.cache.batch_select_indices(torch.tensor(keep, device=self.valid.device))
+        self.valid = self.valid[keep]
+        self._trim()
+
+    @torch.inference_mode()
+    def drop_last(self, key: Key, slots: int) -> None:
+        """Mask out the row's last `slots` valid slots (a rewind)."""
+        if slots <= 0:
+            return
+        row = self.keys.index(key)
+        held = torch.nonzero(self.valid[row]).squeeze(1)
+        self.valid[row, held[-slots:]] = False
+
+    # -- the decode step --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, feeds: Sequence[tuple[int, int] | None]) -> torch.Tensor:
+        """One batched forward: `feeds[i]` = (token, position) for row i, None to idle the row.
+
+        Every row takes one new slot; an idle row's slot is masked out at once (its logits are
+        meaningless). Returns the next-token logits, float32, [rows, vocab].
+        """
+        assert self.cache is not None and len(feeds) == self.rows
+        device = self.valid.device
+        tokens = [feed[0] if feed else 0 for feed in feeds]
+        positions = [feed[1] if feed else 0 for feed in feeds]
+        new_slot = torch.tensor([feed is not None for feed in feeds], device=device)
+        mask = torch.cat([self.valid, torch.ones(self.rows, 1, dtype=torch.bool, device=device)], 1)
+        output = self.model(
+            input_ids=torch.tensor(tokens, device=device).unsqueeze(1),
+            position_ids=torch.tensor(positions, device=device).unsqueeze(1),
+            attention_mask=None if bool(mask.all()) else mask.long(),
+            cache=self.cache,
+            use_cache=True,
+        )
+        self.valid = torch.cat([self.valid, new_slot.unsqueeze(1)], dim=1)
+        self._trim()
+        return output.logits[:, -1].float()
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def _trim(self) -> None:
+        """Cut columns no row uses, and compact holes once they waste `compact_slack` slots."""
+        assert self.cache is not None
+        used = self.valid.any(dim=0)
+        if not bool(used.any()):
+            return
+        first = int(used.nonzero()[0])
+        last = int(used.nonzero()[-1]) + 1
+        if first > 0 or last < self.slots:
+            self._select_columns(slice(first, last))
+        longest = int(self.valid.sum(dim=1).max())
+        if self.slots - longest >= self.compact_slack:
+            self._compact(longest)
+
+    def _select_columns(self, columns: slice) -> None:
+        assert self.cache is not None
+        for layer in _layers(self.cache):
+            layer.keys = layer.keys[:, :, columns]
+            layer.values = layer.values[:, :, columns]
+        self.valid = self.valid[:, columns]
+
+    def _compact(self, longest: int) -> None:
+        """Move every row's valid slots to the right end, in order; drop the freed columns."""
+        assert self.cache is not None
+        # a stable sort puts each row's holes first and its valid slots after, in their order
+        order = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices
+        index = order[:, self.slots - longest :]
+        for layer in _layers(self.cache):
+            layer.keys = _gather_slots(layer.keys, index)
+            layer.values = _gather_slots(layer.values, index)
+        self.valid = self.valid.gather(1, index)
