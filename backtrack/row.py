@@ -110,6 +110,8 @@ class Row:
         """Prompt tokens prefilled so far (chunked prefill advances it)."""
         self.next_logits: torch.Tensor | None = None
         """Distribution after the last fed token; None while a feed is pending."""
+        self.decisions = 0
+        """Decisions taken so far (model or forced), one per step the row was ready."""
         self.forced: deque[int] = deque()
         """Decisions to take instead of the model's (token ids, BT for a deletion)."""
         self.done: DoneEvent | None = None
@@ -154,11 +156,14 @@ class Row:
 
     def sampling(self) -> RowSampling:
         banned = self.bans.get(len(self.visible_ids))
+        excluded = frozenset(banned) if banned else frozenset()
+        if self.params.ignore_eos or len(self.visible_ids) < self.params.min_tokens:
+            excluded |= self.setup.eos_ids
         return RowSampling(
             self.params,
             self.generator,
             self.context_ids if self.params.repetition_penalty not in (None, 1.0) else [],
-            frozenset(banned) if banned else frozenset(),
+            excluded,
         )
 
     # -- decisions ---------------------------------------------------------------------------
@@ -167,6 +172,7 @@ class Row:
         """Apply the sampler's decision; None when nothing changed (an ignored forced BT)."""
         if self.done is not None:
             return []
+        self.decisions += 1
         if self.forced:
             forced = self.forced.popleft()
             if forced == self.backtrack_id:
@@ -211,6 +217,8 @@ class Row:
             return None
         if self.counters.backtracks >= self.params.max_backtracks:
             return self._finish("max_backtracks")
+        if self.params.mode == "keep" and self.next_logits is None:
+            raise RuntimeError("keep mode feeds BT after the last token: feed that token first")
         if self.params.mode == "keep" and len(self.context_ids) + 1 > self.max_context:
             return self._finish("length")  # keep feeds BT: no room left in the context
         self.counters.backtracks += 1

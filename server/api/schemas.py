@@ -109,6 +109,10 @@ class OpenAIOptions(BacktrackOptions):
     hold_back_deletable: bool = True
     """Default on: OpenAI clients cannot erase, so a streamed token is never one later deleted."""
     user: str | None = None
+    ignore_eos: bool = False
+    """vLLM's extension: never stop on EOS (load tests ask for exactly max_tokens)."""
+    min_tokens: int = 0
+    """vLLM's extension: EOS is not drawn before this many tokens."""
     # Parts of OpenAI's API this server does not implement: only their neutral values pass.
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
@@ -219,6 +223,8 @@ def openai_params(
         "repetition_penalty": body.repetition_penalty,
         "seed": body.seed,
         "do_sample": not greedy,
+        "ignore_eos": body.ignore_eos,
+        "min_tokens": body.min_tokens,
     }
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     max_tokens = body.max_tokens
