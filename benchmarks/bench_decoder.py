@@ -4,7 +4,7 @@
   prompt and token count, batch 1, BT suppressed on both sides so the work is identical;
   runs alternate and the median of each side is compared (ratio > 1: the decoder is faster);
 * forwards per backtrack, counted on the model itself (goal: exactly one single-token forward);
-* a rewind's time at 64 vs 2048 tokens of context, and the KV-cache crop alone.
+* a rewind's time at 64 vs 2048 tokens of context.
 
 Run: `make bench` or `python -m benchmarks bench_decoder`.
 """
@@ -111,22 +111,18 @@ def _forwards_per_backtrack(model, tokenizer, bt_id: int) -> dict:
     }
 
 
-def _rewind_cost(model, tokenizer, bt_id: int, context: int) -> tuple[float, float, float]:
-    """Median seconds of: a rewind, a plain decode step, and the cache crop alone."""
+def _rewind_cost(model, tokenizer, bt_id: int, context: int) -> tuple[float, float]:
+    """Median seconds of a rewind and of a plain decode step."""
     params = GenerationParams(
         max_new_tokens=4096, backtrack_policy="never", max_backtracks=10_000, max_backtrack_depth=64
     )
     prompt = [tokenizer.bos_token_id] + [5 + (i % 40) for i in range(context - 1)]
     sequence = Sequence(model, tokenizer, bt_id, prompt, params)
-    rewinds, steps, crops = [], [], []
+    rewinds, steps = [], []
     for _ in range(20):
         steps.append(_time(lambda: sequence.force_token(9)))
         rewinds.append(_time(sequence.backtrack))
-    for _ in range(20):
-        cache = sequence.cache
-        crops.append(_time(lambda cache=cache: cache.crop(-1)))
-        sequence.cache.crop(0)
-    return statistics.median(rewinds), statistics.median(steps), statistics.median(crops)
+    return statistics.median(rewinds), statistics.median(steps)
 
 
 def run() -> dict:
@@ -136,16 +132,14 @@ def run() -> dict:
     assert bt_id is not None
     figures = _throughput(model, tokenizer, bt_id)
     figures.update(_forwards_per_backtrack(model, tokenizer, bt_id))
-    short_rewind, _, short_crop = _rewind_cost(model, tokenizer, bt_id, 64)
-    long_rewind, long_step, long_crop = _rewind_cost(model, tokenizer, bt_id, 2048)
+    short_rewind, _ = _rewind_cost(model, tokenizer, bt_id, 64)
+    long_rewind, long_step = _rewind_cost(model, tokenizer, bt_id, 2048)
     figures.update(
         {
             "rewind_ms_at_64": short_rewind * 1e3,
             "rewind_ms_at_2048": long_rewind * 1e3,
             "rewind_2048_vs_64_ratio": long_rewind / short_rewind,
             "rewind_vs_decode_step_at_2048": long_rewind / long_step,
-            "crop_us_at_64": short_crop * 1e6,
-            "crop_us_at_2048": long_crop * 1e6,
         }
     )
     return figures

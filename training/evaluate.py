@@ -12,7 +12,7 @@ Figures (written to `<checkpoint>/eval.json` and printed):
 * false backtrack rate: how often BT is the decision on a correct prefix;
 * backtracks per answer.
 
-Every generation goes through `backtrack.decoder` with `backtrack_policy="argmax"` (or `never`
+Every generation goes through the server's batch decoder (`backtrack.batch`) with `backtrack_policy="argmax"` (or `never`
 for plain), exactly as the server decodes.
 """
 
@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from backtrack.batch import decode_all, final_event
 from backtrack.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from backtrack.decoder import Sequence, generate
-from backtrack.events import BacktrackEvent, DoneEvent
 from backtrack.params import GenerationParams
 from training.config import Config, config_from_dict
 from training.data import encode, encode_prompt, load_problems
@@ -38,6 +37,8 @@ from training.tasks import Problem
 
 TEMPERATURES = (0.0, 1.0, 1.5, 2.0)
 MODES = ("rewind", "keep")
+BATCH_ROWS = 64
+"""Problems decoded at once: one batched forward per step advances all of them."""
 REPAIR_BELOW = 0.9
 """Error repair is reported only where plain accuracy is below this: elsewhere it is noise."""
 
@@ -73,41 +74,58 @@ def decoding_params(
 
 
 def run_decoding(subject: Subject, temperature: float, policy: str, mode: str) -> RunFigures:
-    """Exact match over the problems, and the mean number of backtracks per answer."""
-    correct, backtracks = 0, 0
+    """Exact match over the problems, and the mean number of backtracks per answer.
+
+    Every problem is one row of the server's batch decoder, seeded by its index, so the figures
+    do not depend on how many rows share a batch.
+    """
+    requests = []
     for index, problem in enumerate(subject.problems):
         prompt_ids = encode_prompt(subject.tokenizer, problem.prompt)
         length = len(subject.tokenizer.encode(problem.response, add_special_tokens=False)) + 4
-        params = decoding_params(temperature, policy, mode, seed=index, length=length)
-        events = generate(
-            subject.model, subject.tokenizer, subject.backtrack_id, prompt_ids, params
+        requests.append(
+            (prompt_ids, decoding_params(temperature, policy, mode, seed=index, length=length))
         )
-        done = [event for event in events if isinstance(event, DoneEvent)][-1]
-        correct += done.generated_text == problem.response
+    correct, backtracks = 0, 0
+    for index, events in decode_all(
+        subject.model, subject.tokenizer, subject.backtrack_id, requests, max_rows=BATCH_ROWS
+    ):
+        done = final_event(events)
+        correct += done.generated_text == subject.problems[index].response
         backtracks += done.backtracks
     count = max(1, len(subject.problems))
     return RunFigures(correct / count, backtracks / count)
 
 
 def recovery_rate(subject: Subject, seed: int = 0) -> float:
-    """Force a plausible wrong token at a random answer position: is the next decision BT?"""
+    """Force a plausible wrong token at a random answer position: is the next decision BT?
+
+    The row may write one token after the forced ones, so its first decision either deletes
+    the wrong token (recovered) or ends the row.
+    """
     examples = [encode(subject.tokenizer, problem) for problem in subject.problems]
     special = [*subject.tokenizer.all_special_ids, subject.backtrack_id]
     source = in_distribution_source(examples, special)
     rng = random.Random(seed)
-    recovered = 0
+    requests, forced = [], []
     for example in examples:
         answer = list(example.response_ids[:-1]) or list(example.response_ids)
         split = rng.randrange(len(answer))
         wrong = source.draw(rng, 1, avoid=answer[split])[0]
-        params = decoding_params(0.0, "argmax", "rewind", seed=0, length=len(answer) + 4)
-        sequence = Sequence(
-            subject.model, subject.tokenizer, subject.backtrack_id, list(example.prompt_ids), params
-        )
-        for token in [*answer[:split], wrong]:
-            sequence.force_token(token)
-        events = sequence.step()
-        recovered += bool(events) and isinstance(events[0], BacktrackEvent)
+        params = decoding_params(0.0, "argmax", "rewind", seed=0, length=split + 2)
+        requests.append((list(example.prompt_ids), params))
+        forced.append([*answer[:split], wrong])
+    recovered = 0
+    for index, events in decode_all(
+        subject.model,
+        subject.tokenizer,
+        subject.backtrack_id,
+        requests,
+        max_rows=BATCH_ROWS,
+        forced=forced,
+    ):
+        removed = final_event(events).removed_tokens
+        recovered += bool(removed) and removed[0]["index"] == len(forced[index]) - 1
     return recovered / max(1, len(examples))
 
 
@@ -217,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
-        "--threads", type=int, default=1, help="single-token forwards gain nothing from more"
+        "--threads", type=int, default=2, help="intra-op threads for the batched forwards"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
