@@ -20,6 +20,11 @@ REQUIRED = {
     "inter-token latency": ("backtrack_inter_token_latency_seconds_bucket", None),
     "queue size": ("backtrack_queue_size", None),
     "requests by finish reason": ("backtrack_requests_total", "finish_reason"),
+    "batch size per step": ("backtrack_batch_size_bucket", None),
+    "KV cache held": ("backtrack_kv_cache_tokens", None),
+    "KV cache budget": ("backtrack_kv_cache_budget_tokens", None),
+    "decode time per step": ("backtrack_decode_step_seconds_bucket", None),
+    "prefill time per step": ("backtrack_prefill_step_seconds_bucket", None),
 }
 
 

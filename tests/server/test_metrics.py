@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.conftest import API_KEY, PROMPT
+from tests.server.conftest import API_KEY, LOOP_PROMPT, PROMPT
 from tests.server.metrics_text import scrape, value
 from tests.server.sse import stream_events
 
@@ -21,6 +23,14 @@ CONTRACT = {
     "backtrack_e2e_request_latency_seconds": "histogram",
     "backtrack_queue_size": "gauge",
     "backtrack_running_requests": "gauge",
+    "backtrack_kv_cache_tokens": "gauge",
+    "backtrack_kv_cache_slots": "gauge",
+    "backtrack_kv_cache_reserved_tokens": "gauge",
+    "backtrack_kv_cache_budget_tokens": "gauge",
+    "backtrack_kv_cache_usage_ratio": "gauge",
+    "backtrack_batch_size": "histogram",
+    "backtrack_decode_step_seconds": "histogram",
+    "backtrack_prefill_step_seconds": "histogram",
 }
 
 
@@ -77,3 +87,39 @@ def test_refused_requests_are_counted_by_reason(server):
     labels = {"endpoint": "/generate", "reason": "unauthorized"}
     name = "backtrack_rejected_requests_total"
     assert value(after, name, **labels) == value(before, name, **labels) + 1
+
+
+def test_concurrent_streams_share_batched_steps_and_the_metrics_add_up(server):
+    """Four streams at once: they run in the same forwards, and every count matches them."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    before = scrape(server.url)
+
+    def one_stream(index: int) -> list:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+            body = {"inputs": PROMPT, "stream": True}
+            if index % 2:  # long streams, so the four surely overlap
+                body = {
+                    "inputs": LOOP_PROMPT,
+                    "stream": True,
+                    "parameters": {"max_new_tokens": 150},
+                }
+            return stream_events(client, "/generate", body)
+
+    with ThreadPoolExecutor(4) as pool:
+        streams = list(pool.map(one_stream, range(4)))
+    after = scrape(server.url)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    done = [stream[-1].json() for stream in streams]
+    assert [d["generated_text"] for d in done] == ["2 ok", "z" * 150] * 2
+    shown = sum(1 for stream in streams for event in stream if event.event == "backtrack")
+    assert delta("backtrack_backtracks_total") == shown == 4
+    assert delta("backtrack_generated_tokens_total") == sum(d["sampled_tokens"] for d in done)
+    steps = delta("backtrack_batch_size_count")
+    rows = delta("backtrack_batch_size_sum")
+    assert steps > 0 and rows / steps > 1  # some forwards carried more than one stream
+    assert delta("backtrack_decode_step_seconds_count") == steps
+    assert value(after, "backtrack_kv_cache_tokens") == 0
+    assert value(after, "backtrack_kv_cache_reserved_tokens") == 0
