@@ -57,10 +57,70 @@ def check_supported(model: PreTrainedModel) -> None:
         )
 
 
+def _append(
+    buffer: torch.Tensor | None, current: torch.Tensor | None, new: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write `new` after `current` inside `buffer`; a fresh, roomier buffer when needed.
+
+    Returns (buffer, the view of it holding current + new). `current` is reused in place only
+    while it still is the front of `buffer` (the layout may have replaced it since).
+    """
+    held = current.shape[-2] if current is not None and current.numel() else 0
+    needed = held + new.shape[-2]
+    reusable = (
+        buffer is not None
+        and current is not None
+        and held > 0
+        and current.data_ptr() == buffer.data_ptr()
+        and current.stride() == buffer.stride()
+        and current.shape[:-2] == new.shape[:-2]
+        and buffer.shape[-2] >= needed
+    )
+    if not reusable:
+        capacity = needed + max(64, needed // 2)
+        buffer = new.new_empty((*new.shape[:-2], capacity, new.shape[-1]))
+        if held:
+            buffer[..., :held, :] = current
+    assert buffer is not None
+    buffer[..., held:needed, :] = new
+    return buffer, buffer[..., :needed, :]
+
+
+class GrowableLayer(DynamicLayer):
+    """A DynamicLayer that appends into spare room instead of concatenating.
+
+    transformers' DynamicLayer copies the whole cache on every decode step (`torch.cat`); here
+    keys and values are views into a buffer with room to grow, so a step writes one slot per
+    row. Anything that replaces `keys`/`values` (joins, leaves, compaction) simply makes the next
+    append start a new buffer.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._key_buffer, self.keys = _append(self._key_buffer, self.keys, key_states)
+        self._value_buffer, self.values = _append(self._value_buffer, self.values, value_states)
+        return self.keys, self.values
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache:
+    """A cache of growable full-attention layers, one per decoder layer."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [GrowableLayer() for _ in cache.layers]
+    return cache
+
+
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:
     layers = list(cache.layers)
     for layer in layers:
-        if type(layer) is not DynamicLayer:
+        if not isinstance(layer, GrowableLayer):
             raise UnsupportedModel(f"cache layer {type(layer).__name__} cannot be rewound per row")
     return layers
 
@@ -123,7 +183,7 @@ class PaddedKV:
         """
         cache = self._staging.get(key)
         if cache is None:
-            cache = self._staging[key] = DynamicCache(config=self.model.config)
+            cache = self._staging[key] = new_cache(self.model)
         input_ids = torch.tensor([token_ids], device=self.model.device)
         output = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
         if not final:

@@ -155,6 +155,7 @@ def knobs_from_env(env: Mapping[str, str] = os.environ) -> Knobs:
 
 
 def prompts_for(streams: int) -> list[str]:
+    """The first `streams` prompts, cycling: every level and engine sees the same ones."""
     return [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
 
 
@@ -240,6 +241,7 @@ def read_chunk(chunk: dict[str, Any], now: float, record: StreamRecord) -> None:
 
 
 async def stream_one(client: httpx.AsyncClient, body: dict[str, Any]) -> StreamRecord:
+    """Send one streaming completion and time every chunk as it arrives."""
     record = StreamRecord(sent=time.perf_counter())
     async with client.stream("POST", "/v1/completions", json=body) as response:
         if response.status_code != 200:
@@ -544,6 +546,8 @@ def run() -> dict[str, Any]:
         "rounds": knobs.rounds,
         "tokens_per_stream": knobs.tokens,
         "threads": knobs.threads,
+        # other processes on these cores skew every figure: record how busy the machine was
+        "load_avg_1m_before": round(os.getloadavg()[0], 2),
         "generate_batch_config": f"page_size={PAGE_SIZE}, num_blocks=N*(ceil((max prompt + "
         "tokens)/page)+1), max_batch_tokens=sum(prompts)+N, eos_token_id=-1, greedy",
     }
@@ -556,6 +560,7 @@ def run() -> dict[str, Any]:
                 figures[f"{name}.skipped"] = str(reason)
                 continue
             measured[name] = measure_model(name, directory, knobs, figures)
+    figures["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     flatten(measured, figures)
     add_ratios(measured, knobs.levels, figures)
     if any(measured.values()):
