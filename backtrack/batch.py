@@ -151,26 +151,44 @@ class BatchDecoder:
             report.forwards += 1
 
     def prefill(self, report: StepReport | None = None, budget: int | None = None) -> None:
-        """Prefill joining rows in arrival order, at most `budget` prompt tokens (None: all)."""
+        """Prefill joining rows in arrival order, at most `budget` prompt tokens (None: all).
+
+        Prompts that fit the budget whole are prefilled together in one left-padded forward;
+        a longer prompt is prefilled in chunks over several steps.
+        """
         left = budget
+        together: list[Row] = []
         for row in list(self.rows):
-            if row.finished or row.prefilled == len(row.prompt_ids):
+            remaining = len(row.prompt_ids) - row.prefilled
+            if row.finished or remaining == 0:
                 continue
             if left is not None and left <= 0:
                 break
-            remaining = len(row.prompt_ids) - row.prefilled
-            size = remaining if left is None else min(remaining, left)
-            chunk = row.prompt_ids[row.prefilled : row.prefilled + size]
-            final = size == remaining
-            logits = self.kv.prefill(row, chunk, final)
-            row.prefilled += size
-            if logits is not None:
-                row.fed(logits)
+            if row.prefilled == 0 and (left is None or remaining <= left):
+                together.append(row)
+            else:
+                self._prefill_chunk(row, remaining if left is None else min(remaining, left))
+                if report is not None:
+                    report.prefill_tokens += min(remaining, left or remaining)
+                    report.forwards += 1
             if left is not None:
-                left -= size
+                left -= min(remaining, left)
+        if together:
+            logits = self.kv.prefill_together(together, [row.prompt_ids for row in together])
+            for index, row in enumerate(together):
+                row.prefilled = len(row.prompt_ids)
+                row.fed(logits[index])
             if report is not None:
-                report.prefill_tokens += size
+                report.prefill_tokens += sum(len(row.prompt_ids) for row in together)
                 report.forwards += 1
+
+    def _prefill_chunk(self, row: Row, size: int) -> None:
+        chunk = row.prompt_ids[row.prefilled : row.prefilled + size]
+        final = row.prefilled + size == len(row.prompt_ids)
+        logits = self.kv.prefill(row, chunk, final)
+        row.prefilled += size
+        if logits is not None:
+            row.fed(logits)
 
     def decide(self, report: StepReport | None = None) -> None:
         """One decision per ready row, sampled for all rows at once."""

@@ -140,6 +140,13 @@ def _gather_slots(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor.gather(2, index[:, None, :, None].expand(-1, heads, -1, dim))
 
 
+def _pad_mask(valid: torch.Tensor, slots: int) -> torch.Tensor:
+    """`slots` unused slots before each row of a [rows, slots] mask."""
+    if slots == 0:
+        return valid
+    return torch.cat([valid.new_zeros(valid.shape[0], slots), valid], dim=1)
+
+
 class PaddedKV:
     """Every running row's KV in one left-padded cache, with a slot mask."""
 
@@ -192,12 +199,52 @@ class PaddedKV:
         self._join(key, cache)
         return output.logits[0, -1].float()
 
+    @torch.inference_mode()
+    def prefill_together(self, keys: list[Key], prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill several rows' whole prompts in one left-padded forward; they join the batch.
+
+        Returns each row's next-token logits (float32, [rows, vocab]).
+        """
+        device = self.valid.device
+        width = max(len(prompt) for prompt in prompts)
+        input_ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        positions = torch.zeros_like(input_ids)
+        valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
+        for row, prompt in enumerate(prompts):
+            start = width - len(prompt)
+            input_ids[row, start:] = torch.tensor(prompt, device=device)
+            positions[row, start:] = torch.arange(len(prompt), device=device)
+            valid[row, start:] = True
+        cache = new_cache(self.model)
+        output = self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            attention_mask=None if bool(valid.all()) else valid.long(),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if not bool(valid.all()):
+            # padding queries attend to nothing; whatever they stored must never reach a value sum
+            hidden = ~valid[:, None, :, None]
+            for layer in _layers(cache):
+                layer.keys = layer.keys.masked_fill(hidden, 0)
+                layer.values = layer.values.masked_fill(hidden, 0)
+        self._join_rows(keys, cache, valid)
+        return output.logits[:, -1].float()
+
     def _join(self, key: Key, cache: DynamicCache) -> None:
         length = cache.get_seq_length()
+        valid = torch.ones(1, length, dtype=torch.bool, device=self.valid.device)
+        self._join_rows([key], cache, valid)
+
+    def _join_rows(self, keys: list[Key], cache: DynamicCache, valid: torch.Tensor) -> None:
+        """Append prefilled rows (their cache and slot mask) to the batch, left-padding the
+        shorter side."""
         if self.cache is None or not self.keys:
-            self.cache, self.keys = cache, [key]
-            self.valid = torch.ones(1, length, dtype=torch.bool, device=self.model.device)
+            self.cache, self.keys, self.valid = cache, list(keys), valid
             return
+        length = int(valid.shape[1])
         width = max(self.slots, length)
         for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
             mine.keys = torch.cat(
@@ -209,19 +256,10 @@ class PaddedKV:
                     _pad_left(theirs.values, width - length),
                 ]
             )
-        row_valid = torch.zeros(1, width, dtype=torch.bool, device=self.valid.device)
-        row_valid[0, width - length :] = True
-        old_valid = torch.cat(
-            [
-                torch.zeros(
-                    self.rows, width - self.slots, dtype=torch.bool, device=self.valid.device
-                ),
-                self.valid,
-            ],
-            dim=1,
+        self.valid = torch.cat(
+            [_pad_mask(self.valid, width - self.slots), _pad_mask(valid, width - length)]
         )
-        self.valid = torch.cat([old_valid, row_valid])
-        self.keys.append(key)
+        self.keys.extend(keys)
 
     # -- rows leaving and shrinking ---------------------------------------------------------------
 

@@ -79,9 +79,10 @@ class Stream:
 
     def publish(self, events: list[Event]) -> None:
         """Called by the worker thread: hand events to the event loop."""
-        # A closed event loop means nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, events)
+        publish_all([(self, events)])
+
+    def _deliver(self, events: list[Event]) -> None:
+        self._queue.put_nowait(events)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while self.done is None:
@@ -89,6 +90,26 @@ class Stream:
                 if isinstance(event, DoneEvent):
                     self.done = event
                 yield event
+
+
+def publish_all(batch: list[tuple[Stream, list[Event]]]) -> None:
+    """Hand one step's events to their streams with one wake-up per event loop, not per stream.
+
+    Waking the loop costs a syscall and a GIL hand-over; at 16 streams per step, once per step
+    instead of 16 times leaves the cores to the forward.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, list[Event]]]] = {}
+    for stream, events in batch:
+        by_loop.setdefault(stream._loop, []).append((stream, events))
+    for loop, items in by_loop.items():
+        # A closed event loop means nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_deliver_all, items)
+
+
+def _deliver_all(items: list[tuple[Stream, list[Event]]]) -> None:
+    for stream, events in items:
+        stream._deliver(events)
 
 
 @dataclass
@@ -268,16 +289,23 @@ class Engine:
                     self._publish(job, events)
             return
         self._record_step(report)
+        outgoing = []
         for row, events in report.events.items():
             job = self._by_row.get(row)
             if job is not None:
-                self._publish(job, events)
+                outgoing.append((job.stream, self._account(job, events)))
+        publish_all(outgoing)
 
     def _publish(self, job: _Job, events: list[Event]) -> None:
+        job.stream.publish(self._account(job, events))
+
+    def _account(self, job: _Job, events: list[Event]) -> list[Event]:
+        """Record a job's events; free its slot first if it ended (a client that sees `done`
+        sees the slot free)."""
         self._record(job, events)
         if job.row is not None and job.row.finished:
-            self._leave(job)  # before publishing: a client that sees `done` sees the slot free
-        job.stream.publish(events)
+            self._leave(job)
+        return events
 
     def _leave(self, job: _Job) -> None:
         with self._wake:
