@@ -159,6 +159,11 @@ class PaddedKV:
         self.cache: DynamicCache | None = None
         self.valid = torch.zeros(0, 0, dtype=torch.bool, device=model.device)
         self._staging: dict[Key, DynamicCache] = {}
+        self._dense = True
+        """No padding and no holes: the forward needs no attention mask."""
+        self._untidy = False
+        """Set when slots may have gone unused (rewinds, leaves, idle rows): trim on the next
+        forward. A step where every row simply appends needs no housekeeping."""
         """Caches of rows still being prefilled, one per row."""
 
     # -- figures -------------------------------------------------------------------------------
@@ -243,6 +248,7 @@ class PaddedKV:
         shorter side."""
         if self.cache is None or not self.keys:
             self.cache, self.keys, self.valid = cache, list(keys), valid
+            self._dense = bool(valid.all())
             return
         length = int(valid.shape[1])
         width = max(self.slots, length)
@@ -260,6 +266,7 @@ class PaddedKV:
             [_pad_mask(self.valid, width - self.slots), _pad_mask(valid, width - length)]
         )
         self.keys.extend(keys)
+        self._dense = bool(self.valid.all())
 
     # -- rows leaving and shrinking ---------------------------------------------------------------
 
@@ -278,6 +285,8 @@ class PaddedKV:
         self.cache.batch_select_indices(torch.tensor(keep, device=self.valid.device))
         self.valid = self.valid[keep]
         self._trim()
+        self._untidy = False
+        self._dense = bool(self.valid.all())
 
     @torch.inference_mode()
     def drop_last(self, key: Key, slots: int) -> None:
@@ -287,6 +296,8 @@ class PaddedKV:
         row = self.keys.index(key)
         held = torch.nonzero(self.valid[row]).squeeze(1)
         self.valid[row, held[-slots:]] = False
+        self._untidy = True
+        self._dense = False
 
     # -- the decode step --------------------------------------------------------------------------
 
@@ -306,12 +317,15 @@ class PaddedKV:
         output = self.model(
             input_ids=torch.tensor(tokens, device=device).unsqueeze(1),
             position_ids=torch.tensor(positions, device=device).unsqueeze(1),
-            attention_mask=None if bool(mask.all()) else mask.long(),
+            attention_mask=None if self._dense and None not in feeds else mask.long(),
             cache=self.cache,
             use_cache=True,
         )
         self.valid = torch.cat([self.valid, new_slot.unsqueeze(1)], dim=1)
-        self._trim()
+        if self._untidy or None in feeds:
+            self._trim()
+            self._untidy = False
+            self._dense = bool(self.valid.all())
         return output.logits[:, -1].float()
 
     # -- housekeeping ---------------------------------------------------------------------------

@@ -162,31 +162,30 @@ def draw(scores: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
 def decide(logits: torch.Tensor, rows: Sequence[RowSampling], backtrack_id: int) -> Choices:
     """The backtrack decision and the ordinary token for every row of `logits` ([rows, vocab])."""
     allowed = ban(logits.float(), rows)
-    probs_bt = torch.softmax(allowed, dim=-1)[:, backtrack_id]
-    argmax_bt = allowed.argmax(dim=-1) == backtrack_id
+    policies = [row.params.backtrack_policy for row in rows]
+    argmax_bt = (allowed.argmax(dim=-1) == backtrack_id).tolist() if "argmax" in policies else []
+    probs_bt = (
+        torch.softmax(allowed, dim=-1)[:, backtrack_id].tolist() if "threshold" in policies else []
+    )
     ordinary = allowed.clone()
     ordinary[:, backtrack_id] = NEG_INF
-    sample_rows = [i for i, row in enumerate(rows) if row.params.backtrack_policy == "sample"]
+    sample_rows = [i for i, policy in enumerate(policies) if policy == "sample"]
     drew_bt: set[int] = set()
     if sample_rows:
         # BT competes with the shaped ordinary tokens, drawn with the row's own generator
         subset = [rows[i] for i in sample_rows]
-        with_bt = draw(shape_scores(allowed[sample_rows], subset), subset)
+        with_bt = draw(shape_scores(allowed[sample_rows], subset), subset).tolist()
         drew_bt = {
-            i
-            for i, token in zip(sample_rows, with_bt.tolist(), strict=True)
-            if token == backtrack_id
+            i for i, token in zip(sample_rows, with_bt, strict=True) if token == backtrack_id
         }
     tokens = draw(shape_scores(ordinary, rows), rows)
     logprobs = torch.log_softmax(ordinary, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
-    argmax_list, probs_list = argmax_bt.tolist(), probs_bt.tolist()
     wants = []
-    for index, row in enumerate(rows):
-        policy = row.params.backtrack_policy
+    for index, (row, policy) in enumerate(zip(rows, policies, strict=True)):
         if policy == "argmax":
-            wants.append(argmax_list[index])
+            wants.append(argmax_bt[index])
         elif policy == "threshold":
-            wants.append(probs_list[index] > row.params.backtrack_threshold)
+            wants.append(probs_bt[index] > row.params.backtrack_threshold)
         else:
             wants.append(index in drew_bt)
     return Choices(wants, tokens.tolist(), logprobs.tolist())
