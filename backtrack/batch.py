@@ -198,6 +198,7 @@ class BatchDecoder:
             return
         logits = torch.stack([row.next_logits for row in ready])  # type: ignore[misc]
         choices = decide(logits, [row.sampling() for row in ready], self.backtrack_id)
+        finished: list[Row] = []
         for index, row in enumerate(ready):
             before_tokens, before_backtracks = row.counters.sampled_tokens, row.counters.backtracks
             events = row.decide(
@@ -207,8 +208,11 @@ class BatchDecoder:
             report.sampled_tokens += row.counters.sampled_tokens - before_tokens
             report.backtracks += row.counters.backtracks - before_backtracks
             if row.finished:
-                report.finished.append(row)
-                self._leave(row)
+                finished.append(row)
+        if finished:
+            self.kv.remove_many(finished)  # one copy of the cache for all rows that ended
+            self.rows = [row for row in self.rows if not row.finished]
+            report.finished.extend(finished)
 
 
 def decode_all(

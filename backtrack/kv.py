@@ -270,14 +270,19 @@ class PaddedKV:
 
     # -- rows leaving and shrinking ---------------------------------------------------------------
 
-    @torch.inference_mode()
     def remove(self, key: Key) -> None:
         """Free a row's KV now (finished, cancelled); a row still prefilling is dropped too."""
-        if self._staging.pop(key, None) is not None or key not in self.keys:
+        self.remove_many([key])
+
+    @torch.inference_mode()
+    def remove_many(self, keys: list[Key]) -> None:
+        """Free several rows' KV with one copy of the cache (rows often finish together)."""
+        leaving = {key for key in keys if self._staging.pop(key, None) is None}
+        leaving &= set(self.keys)
+        if not leaving:
             return
-        index = self.keys.index(key)
-        keep = [i for i in range(self.rows) if i != index]
-        self.keys.pop(index)
+        keep = [index for index, key in enumerate(self.keys) if key not in leaving]
+        self.keys = [self.keys[index] for index in keep]
         if not self.keys:
             self.cache, self.valid = None, self.valid[:0, :0]
             return
