@@ -56,7 +56,7 @@ eval: install ## evaluate CHECKPOINT on the held-out synthetic set, writes <chec
 serve: install $(CHECKPOINT)/backtrack.json ## serve CHECKPOINT on HOST:PORT (trains the default first if missing)
 	$(PY) -m server --checkpoint $(CHECKPOINT) --host $(HOST) --port $(PORT)
 
-bench: install ## run the benchmarks, print a table, write benchmarks/results/*.json
+bench: install ## run the quick benchmarks, print a table, write benchmarks/results/*.json
 	$(PY) -m benchmarks
 
 bench-peers: install ## concurrency benchmark vs vLLM (CPU) and transformers' generate_batch, llama + SmolLM2

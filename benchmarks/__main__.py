@@ -19,11 +19,17 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def discover() -> list[str]:
-    return sorted(
+    """Every `bench_*` module, but those that set `RUN_BY_DEFAULT = False` (run them by name)."""
+    names = sorted(
         module.name
         for module in pkgutil.iter_modules(benchmarks.__path__)
         if module.name.startswith("bench_")
     )
+    return [
+        name
+        for name in names
+        if getattr(importlib.import_module(f"benchmarks.{name}"), "RUN_BY_DEFAULT", True)
+    ]
 
 
 def print_table(name: str, figures: dict) -> None:

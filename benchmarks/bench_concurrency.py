@@ -101,6 +101,8 @@ PAGE_SIZE = 64
 HTTP_TIMEOUT_S = 600.0
 SERVER_STARTUP_S = 300.0
 """Loading SmolLM2 on 2 busy cores takes far longer than the tests' 60 s default."""
+RUN_BY_DEFAULT = False
+"""Minutes long and wants the peers installed: `make bench-peers` runs it, `make bench` does not."""
 MODEL_NAMES = ("llama4x512", "smollm2")
 ENGINE_NAMES = ("backtrack", "vllm", "generate_batch")
 
