@@ -34,7 +34,7 @@ class GenerationParams:
     max_backtrack_depth: int = 8
     """How far behind the furthest position ever reached a deletion may go."""
     mode: Mode = "rewind"
-    """`rewind` crops the KV cache; `keep` leaves BT and the deleted token in the context."""
+    """`rewind` drops the token from the KV cache; `keep` leaves BT and it in the context."""
     backtrack_policy: BacktrackPolicy = "argmax"
     """How BT is decided: argmax / threshold of the untempered distribution, sampled, or never."""
     backtrack_threshold: float = 0.3
