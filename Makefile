@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-slow test-browser lint format train eval serve bench bench-peers docker-lint clean
+.PHONY: help install test test-slow test-browser lint format train eval eval-seeds serve bench bench-peers docker-lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,8 +50,13 @@ train: install ## train the checkpoint described by CONFIG (default: the bundled
 $(CHECKPOINT)/backtrack.json:
 	$(MAKE) train CONFIG=$(CONFIG)
 
-eval: install ## evaluate CHECKPOINT on the held-out synthetic set, writes <checkpoint>/eval.json
+eval: install ## evaluate CHECKPOINT on the held-out synthetic set, writes <checkpoint>/eval.json and accuracy.png
 	$(PY) -m training.evaluate --checkpoint $(CHECKPOINT)
+
+SEEDS ?= 0 1 2
+SEED_THREADS ?= 1 2
+eval-seeds: install ## train and evaluate CONFIG for every seed x thread count, table in runs/seeds/summary.md
+	$(PY) -m training.seeds --config $(CONFIG) --seeds $(SEEDS) --threads $(SEED_THREADS) --out runs/seeds
 
 serve: install $(CHECKPOINT)/backtrack.json ## serve CHECKPOINT on HOST:PORT (trains the default first if missing)
 	$(PY) -m server --checkpoint $(CHECKPOINT) --host $(HOST) --port $(PORT)

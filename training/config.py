@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 
 Objective = Literal["rewind", "masked"]
-ErrorSourceName = Literal["random", "in_distribution"]
+ErrorSourceName = Literal["random", "in_distribution", "mixed"]
 OBJECTIVES = ("rewind", "masked")
-ERROR_SOURCES = ("random", "in_distribution")
+ERROR_SOURCES = ("random", "in_distribution", "mixed")
 
 
 class ConfigError(ValueError):
@@ -73,6 +73,9 @@ class BacktrackConfig:
     """False trains plain SFT (no injected errors): the baseline to compare against."""
     objective: Objective = "rewind"
     error_source: ErrorSourceName = "in_distribution"
+    random_error_share: float = 0.5
+    """With `error_source: mixed`, the share of error tokens drawn uniformly (any ordinary token);
+    the rest follow the response distribution."""
     use_curriculum: bool = True
     """True follows `phases`; False uses `max_errors` and `error_share` from the first step."""
     max_errors: int = 3
@@ -129,6 +132,7 @@ class Config:
         _require(
             bt.error_source in ERROR_SOURCES, "backtrack.error_source", f"one of {ERROR_SOURCES}"
         )
+        _require(0 <= bt.random_error_share <= 1, "backtrack.random_error_share", "in [0, 1]")
         _require(bt.max_errors >= 0, "backtrack.max_errors", "at least 0")
         _require(0 <= bt.error_share <= 1, "backtrack.error_share", "in [0, 1]")
         _require(bool(bt.phases), "backtrack.phases", "a non-empty list")

@@ -6,7 +6,11 @@ An injection picks a split point in the response and k error tokens; the objecti
 * `random`: uniform over the non-special vocabulary (the original design). Easy to spot, so it
   teaches little about the mistakes a model really makes.
 * `in_distribution`: drawn from the distribution of response tokens (for arithmetic, a wrong
-  digit where a digit stands): the mistakes a model actually makes.
+  digit where a digit stands): the mistakes a model actually makes at low temperature.
+* `mixed`: a mixture of the two (`random_error_share` of the draws uniform). Sampling at high
+  temperature mostly goes wrong on tokens the responses never hold (a letter, a `+`), which the
+  in-distribution source never shows, and random errors alone teach too few wrong digits: each
+  source teaches the errors it shows, so the mixture covers both.
 
 The first error token always differs from the correct token at the split, so it really is an
 error. Injection never decodes text: random tokens would merge or split on re-tokenisation and
@@ -76,12 +80,44 @@ def in_distribution_source(examples: Iterable[Example], special_ids: Iterable[in
     return ErrorSource(tokens, [float(counts[token]) for token in tokens])
 
 
+def mixed_source(
+    examples: Iterable[Example], vocab_size: int, special_ids: Iterable[int], random_share: float
+) -> ErrorSource:
+    """`random_share` of the probability spread uniformly, the rest as the response unigram."""
+    special = list(special_ids)
+    uniform = random_source(vocab_size, special)
+    unigram = in_distribution_source(examples, special)
+    total = sum(unigram.weights or [])
+    weights = dict.fromkeys(uniform.token_ids, random_share / len(uniform.token_ids))
+    for token, weight in zip(unigram.token_ids, unigram.weights or [], strict=True):
+        weights[token] = weights.get(token, 0.0) + (1 - random_share) * weight / total
+    tokens = sorted(weights)
+    return ErrorSource(tokens, [weights[token] for token in tokens])
+
+
+def out_of_distribution_source(
+    examples: Iterable[Example], vocab_size: int, special_ids: Iterable[int]
+) -> ErrorSource:
+    """Ordinary tokens no response holds (for arithmetic: anything but a digit)."""
+    seen = set(in_distribution_source(examples, special_ids).token_ids)
+    tokens = [t for t in random_source(vocab_size, special_ids).token_ids if t not in seen]
+    if not tokens:
+        raise ValueError("every ordinary token appears in the responses")
+    return ErrorSource(tokens)
+
+
 def build_source(
-    name: str, examples: list[Example], vocab_size: int, special_ids: Iterable[int]
+    name: str,
+    examples: list[Example],
+    vocab_size: int,
+    special_ids: Iterable[int],
+    random_share: float = 0.5,
 ) -> ErrorSource:
     special = list(special_ids)
     if name == "random":
         return random_source(vocab_size, special)
+    if name == "mixed":
+        return mixed_source(examples, vocab_size, special, random_share)
     return in_distribution_source(examples, special)
 
 

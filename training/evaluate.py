@@ -3,12 +3,15 @@
     make eval                                  # checkpoints/default
     python -m training.evaluate --checkpoint checkpoints/default --problems 300
 
-Figures (written to `<checkpoint>/eval.json` and printed):
+Figures (written to `<checkpoint>/eval.json` and printed; `accuracy.png` plots exact match against
+temperature, plain vs backtracking, per decoding mode):
 
 * exact-match accuracy with BT suppressed (`plain`) and with backtracking, per decoding mode
   (`rewind`, `keep`) and temperature (0 = greedy);
 * error repair, (with BT - plain) / (1 - plain), where plain accuracy is below 90%;
-* recovery rate: a wrong token forced mid-answer, how often the very next decision deletes it;
+* recovery rate: a wrong token forced mid-answer, how often the very next decision deletes it,
+  apart for a wrong digit (`recovery_rate`) and a wrong non-digit
+  (`recovery_rate_out_of_distribution`);
 * false backtrack rate: how often BT is the decision on a correct prefix;
 * backtracks per answer.
 
@@ -32,7 +35,8 @@ from backtrack.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpo
 from backtrack.params import GenerationParams
 from training.config import Config, config_from_dict
 from training.data import encode, encode_prompt, load_problems
-from training.errors import in_distribution_source
+from training.errors import in_distribution_source, out_of_distribution_source
+from training.plots import save_accuracy_plot
 from training.tasks import Problem
 
 TEMPERATURES = (0.0, 1.0, 1.5, 2.0)
@@ -97,15 +101,21 @@ def run_decoding(subject: Subject, temperature: float, policy: str, mode: str) -
     return RunFigures(correct / count, backtracks / count)
 
 
-def recovery_rate(subject: Subject, seed: int = 0) -> float:
-    """Force a plausible wrong token at a random answer position: is the next decision BT?
+def recovery_rate(subject: Subject, seed: int = 0, kind: str = "in_distribution") -> float:
+    """Force a wrong token at a random answer position: is the next decision BT?
 
-    The row may write one token after the forced ones, so its first decision either deletes
-    the wrong token (recovered) or ends the row.
+    `kind` is the wrong token's source: `in_distribution` (a plausible one: a wrong digit) or
+    `out_of_distribution` (one no answer holds: a letter, a `+`), the errors sampling at high
+    temperature mostly makes. The row may write one token after the forced ones, so its first
+    decision either deletes the wrong token (recovered) or ends the row.
     """
     examples = [encode(subject.tokenizer, problem) for problem in subject.problems]
     special = [*subject.tokenizer.all_special_ids, subject.backtrack_id]
-    source = in_distribution_source(examples, special)
+    if kind == "in_distribution":
+        source = in_distribution_source(examples, special)
+    else:
+        vocab = subject.model.get_input_embeddings().weight.shape[0]
+        source = out_of_distribution_source(examples, vocab, special)
     rng = random.Random(seed)
     requests, forced = [], []
     for example in examples:
@@ -176,6 +186,7 @@ def evaluate(
         "error_repair": repair,
         "backtracks_per_answer": backtracks,
         "recovery_rate": recovery_rate(subject),
+        "recovery_rate_out_of_distribution": recovery_rate(subject, kind="out_of_distribution"),
         "false_backtrack_rate": false_backtrack_rate(subject),
     }
 
@@ -201,7 +212,8 @@ def format_report(figures: dict) -> str:
         lines.append(f"error repair at {key}: {shown}")
     per_answer = figures["backtracks_per_answer"]
     lines += [
-        f"recovery rate         {100 * figures['recovery_rate']:.1f}%",
+        f"recovery rate         {100 * figures['recovery_rate']:.1f}% (a wrong digit), "
+        f"{100 * figures.get('recovery_rate_out_of_distribution', 0):.1f}% (a wrong non-digit)",
         f"false backtrack rate  {100 * figures['false_backtrack_rate']:.2f}%",
         "backtracks per answer "
         + ", ".join(f"{key} {row.get('rewind', 0):.2f}" for key, row in per_answer.items()),
@@ -248,8 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     output = Path(args.checkpoint) / "eval.json"
     output.write_text(json.dumps(figures, indent=2) + "\n")
+    plot = save_accuracy_plot(figures, Path(args.checkpoint) / "accuracy.png")
     print(format_report(figures))
-    print(f"written to {output}")
+    print(f"written to {output} and {plot}")
 
 
 if __name__ == "__main__":

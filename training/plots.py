@@ -33,3 +33,28 @@ def save_loss_curve(
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
+
+
+def save_accuracy_plot(figures: dict, path: str | Path) -> Path:
+    """Exact match against temperature: plain decoding vs backtracking, per decoding mode.
+
+    Where the backtracking line sits above the plain one, backtracking repaired sampling errors.
+    """
+    temperatures = sorted(figures["accuracy"], key=lambda key: float(key.removeprefix("T=")))
+    xs = [float(key.removeprefix("T=")) for key in temperatures]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    series = sorted({mode for row in figures["accuracy"].values() for mode in row})
+    for name in ["plain", *[mode for mode in series if mode != "plain"]]:
+        ys = [100 * figures["accuracy"][key].get(name, float("nan")) for key in temperatures]
+        label = "plain (BT suppressed)" if name == "plain" else f"backtracking, {name}"
+        axis.plot(xs, ys, marker="o", label=label)
+    axis.set_xlabel("temperature (0 = greedy)")
+    axis.set_ylabel("exact match (%)")
+    axis.set_ylim(0, 101)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    axis.set_title(f"{figures.get('problems', '?')} held-out problems")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

@@ -119,7 +119,13 @@ def _injector(
     """Each process draws its own errors (the seed includes the process index)."""
     special = [*start.tokenizer.all_special_ids, start.backtrack_id]
     vocab_size = start.model.get_input_embeddings().weight.shape[0]
-    source = build_source(config.backtrack.error_source, train_set.examples, vocab_size, special)
+    source = build_source(
+        config.backtrack.error_source,
+        train_set.examples,
+        vocab_size,
+        special,
+        config.backtrack.random_error_share,
+    )
     return Injector(source, ErrorPlan(), seed=seed)
 
 

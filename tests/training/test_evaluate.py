@@ -47,7 +47,26 @@ def test_recovery_and_false_backtracks_count_the_backtrack_decisions(
     model = biased_model(len(char_tokenizer), backtrack_id, shift)
     subject = Subject(model, char_tokenizer, backtrack_id, held_out_problems(Config(), 5))
     assert recovery_rate(subject) == rate
+    assert recovery_rate(subject, kind="out_of_distribution") == rate
     assert false_backtrack_rate(subject) == rate
+
+
+def test_a_model_that_deletes_only_non_digits_recovers_from_those_alone(
+    char_tokenizer, backtrack_id
+):
+    """The two recovery figures tell apart what the model deletes: here letters, never digits."""
+    digits = torch.tensor(char_tokenizer.convert_tokens_to_ids(list("0123456789")))
+    model = build_tiny_llama(tiny_llama_config(len(char_tokenizer)))
+
+    def backtrack_after_a_non_digit(_module, _args, kwargs, output):
+        non_digit = ~torch.isin(kwargs["input_ids"][:, -1], digits)
+        output.logits[:, -1, backtrack_id] += torch.where(non_digit, 1e4, -1e4)
+        return output
+
+    model.register_forward_hook(backtrack_after_a_non_digit, with_kwargs=True)
+    subject = Subject(model, char_tokenizer, backtrack_id, held_out_problems(Config(), 8))
+    assert recovery_rate(subject, kind="in_distribution") == 0.0
+    assert recovery_rate(subject, kind="out_of_distribution") == 1.0
 
 
 def test_evaluating_a_missing_checkpoint_says_so_and_exits(tmp_path, capsys):

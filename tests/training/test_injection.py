@@ -132,3 +132,15 @@ def test_evaluation_batches_stay_clean():
     source = build_source("in_distribution", data, 100, SPECIAL)
     noisy = BacktrackCollator(BT, PAD, "rewind", Injector(source, ErrorPlan(2, 1.0)))(data)
     assert (noisy["shift_labels"] == BT).any()
+
+
+def test_the_mixed_source_draws_wrong_digits_and_tokens_no_answer_holds():
+    """Half the draws uniform over the vocabulary, half from the answers' own tokens."""
+    data = [Example((5,), (10, 11, 12, EOS)), Example((6,), (10, 12, EOS))]
+    source = build_source("mixed", data, vocab_size=41, special_ids=SPECIAL, random_share=0.5)
+    draws = source.draw(random.Random(0), 4000)
+    in_answers = sum(token in (10, 11, 12) for token in draws) / len(draws)
+    # 0.5 from the answers' unigram, plus the uniform half's 3 of 36 ordinary tokens
+    assert abs(in_answers - (0.5 + 0.5 * 3 / 36)) < 0.03
+    assert not set(draws) & set(SPECIAL)
+    assert len(set(draws)) > 30  # the uniform half reaches tokens no answer holds
