@@ -48,8 +48,8 @@ def wait_for_scrapes(url: str, job: str, process: subprocess.Popen, log: Path) -
                 (up,) = instant_query(url, f'up{{job="{job}"}}')
                 assert up["value"][1] == "1", "Prometheus cannot scrape the server"
                 return
-        except httpx.HTTPError:
-            pass  # Prometheus still starting
+        except (httpx.HTTPError, ValueError):
+            pass  # Prometheus still starting (no socket yet, or a plain-text 503 until ready)
         time.sleep(0.25)
     raise RuntimeError(
         f"Prometheus did not scrape {job} {SCRAPES_FOR_A_RATE} times:\n{log.read_text()}"
