@@ -76,7 +76,6 @@ class BatchDecoder:
             backtrack_id=backtrack_id,
             eos_ids=frozenset(eos_token_ids(model, tokenizer)),
             max_context=int(getattr(model.config, "max_position_embeddings", 1 << 30)),
-            device=model.device,
         )
         self.kv = PaddedKV(model, compact_slack=compact_slack)
         self.rows: list[Row] = []
@@ -87,7 +86,7 @@ class BatchDecoder:
     def add(
         self, prompt_ids: list[int], params: GenerationParams, hold_back_deletable: bool = False
     ) -> Row:
-        """A new row; it is prefilled by the coming steps (or `prefill_waiting`)."""
+        """A new row; it is prefilled by the coming steps (or `prefill`)."""
         row = Row(self.setup, prompt_ids, params, hold_back_deletable)
         self.rows.append(row)
         return row
@@ -102,11 +101,6 @@ class BatchDecoder:
         self.kv.remove(row)
         if row in self.rows:
             self.rows.remove(row)
-
-    @property
-    def decoding(self) -> int:
-        """Rows that have joined the batch (prefilled)."""
-        return self.kv.rows
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -164,15 +158,16 @@ class BatchDecoder:
                 continue
             if left is not None and left <= 0:
                 break
-            if row.prefilled == 0 and (left is None or remaining <= left):
+            size = remaining if left is None else min(remaining, left)
+            if row.prefilled == 0 and size == remaining:
                 together.append(row)
             else:
-                self._prefill_chunk(row, remaining if left is None else min(remaining, left))
+                self._prefill_chunk(row, size)
                 if report is not None:
-                    report.prefill_tokens += min(remaining, left or remaining)
+                    report.prefill_tokens += size
                     report.forwards += 1
             if left is not None:
-                left -= min(remaining, left)
+                left -= size
         if together:
             logits = self.kv.prefill_together(together, [row.prompt_ids for row in together])
             for index, row in enumerate(together):

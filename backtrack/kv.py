@@ -159,12 +159,12 @@ class PaddedKV:
         self.cache: DynamicCache | None = None
         self.valid = torch.zeros(0, 0, dtype=torch.bool, device=model.device)
         self._staging: dict[Key, DynamicCache] = {}
+        """Caches of rows still being prefilled, one per row."""
         self._dense = True
         """No padding and no holes: the forward needs no attention mask."""
         self._untidy = False
-        """Set when slots may have gone unused (rewinds, leaves, idle rows): trim on the next
-        forward. A step where every row simply appends needs no housekeeping."""
-        """Caches of rows still being prefilled, one per row."""
+        """Set when slots may have gone unused (rewinds, idle rows): tidy after the next forward.
+        A step where every row simply appends needs no housekeeping."""
 
     # -- figures -------------------------------------------------------------------------------
 
@@ -179,11 +179,13 @@ class PaddedKV:
 
     def tokens_held(self) -> int:
         """Valid KV entries over all rows, staging prefills included."""
-        staged = sum(cache.get_seq_length() for cache in self._staging.values())
-        return int(self.valid.sum()) + staged
+        return int(self.valid.sum()) + self._staged_tokens()
 
     def slots_allocated(self) -> int:
-        return self.rows * self.slots + sum(c.get_seq_length() for c in self._staging.values())
+        return self.rows * self.slots + self._staged_tokens()
+
+    def _staged_tokens(self) -> int:
+        return sum(cache.get_seq_length() for cache in self._staging.values())
 
     # -- rows joining ------------------------------------------------------------------------------
 
@@ -220,16 +222,17 @@ class PaddedKV:
             input_ids[row, start:] = torch.tensor(prompt, device=device)
             positions[row, start:] = torch.arange(len(prompt), device=device)
             valid[row, start:] = True
+        padded = not bool(valid.all())
         cache = new_cache(self.model)
         output = self.model(
             input_ids=input_ids,
             position_ids=positions,
-            attention_mask=None if bool(valid.all()) else valid.long(),
+            attention_mask=valid.long() if padded else None,
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        if not bool(valid.all()):
+        if padded:
             # padding queries attend to nothing; whatever they stored must never reach a value sum
             hidden = ~valid[:, None, :, None]
             for layer in _layers(cache):
@@ -252,19 +255,15 @@ class PaddedKV:
             return
         length = int(valid.shape[1])
         width = max(self.slots, length)
+        mine_pad, theirs_pad = width - self.slots, width - length
         for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
             mine.keys = torch.cat(
-                [_pad_left(mine.keys, width - self.slots), _pad_left(theirs.keys, width - length)]
+                [_pad_left(mine.keys, mine_pad), _pad_left(theirs.keys, theirs_pad)]
             )
             mine.values = torch.cat(
-                [
-                    _pad_left(mine.values, width - self.slots),
-                    _pad_left(theirs.values, width - length),
-                ]
+                [_pad_left(mine.values, mine_pad), _pad_left(theirs.values, theirs_pad)]
             )
-        self.valid = torch.cat(
-            [_pad_mask(self.valid, width - self.slots), _pad_mask(valid, width - length)]
-        )
+        self.valid = torch.cat([_pad_mask(self.valid, mine_pad), _pad_mask(valid, theirs_pad)])
         self.keys.extend(keys)
         self._dense = bool(self.valid.all())
 
@@ -289,9 +288,7 @@ class PaddedKV:
         assert self.cache is not None
         self.cache.batch_select_indices(torch.tensor(keep, device=self.valid.device))
         self.valid = self.valid[keep]
-        self._trim()
-        self._untidy = False
-        self._dense = bool(self.valid.all())
+        self._tidy()
 
     @torch.inference_mode()
     def drop_last(self, key: Key, slots: int) -> None:
@@ -315,6 +312,7 @@ class PaddedKV:
         """
         assert self.cache is not None and len(feeds) == self.rows
         device = self.valid.device
+        idle = None in feeds
         tokens = [feed[0] if feed else 0 for feed in feeds]
         positions = [feed[1] if feed else 0 for feed in feeds]
         new_slot = torch.tensor([feed is not None for feed in feeds], device=device)
@@ -322,18 +320,22 @@ class PaddedKV:
         output = self.model(
             input_ids=torch.tensor(tokens, device=device).unsqueeze(1),
             position_ids=torch.tensor(positions, device=device).unsqueeze(1),
-            attention_mask=None if self._dense and None not in feeds else mask.long(),
+            attention_mask=None if self._dense and not idle else mask.long(),
             cache=self.cache,
             use_cache=True,
         )
         self.valid = torch.cat([self.valid, new_slot.unsqueeze(1)], dim=1)
-        if self._untidy or None in feeds:
-            self._trim()
-            self._untidy = False
-            self._dense = bool(self.valid.all())
+        if self._untidy or idle:
+            self._tidy()
         return output.logits[:, -1].float()
 
     # -- housekeeping ---------------------------------------------------------------------------
+
+    def _tidy(self) -> None:
+        """Trim and compact, then note that the batch is tidy and whether it is dense."""
+        self._trim()
+        self._untidy = False
+        self._dense = bool(self.valid.all())
 
     def _trim(self) -> None:
         """Cut columns no row uses, and compact holes once they waste `compact_slack` slots."""

@@ -65,10 +65,9 @@ class RowSetup:
     backtrack_id: int
     eos_ids: frozenset[int]
     max_context: int
-    device: torch.device
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+def _generator(seed: int | None) -> torch.Generator:
     # CPU generators draw the same numbers on every host; the uniforms are moved to the device.
     generator = torch.Generator(device="cpu")
     if seed is None:
@@ -96,7 +95,7 @@ class Row:
         self.detok = IncrementalDetokenizer(setup.tokenizer)
         self.logprobs: list[float] = []
         self.max_context = setup.max_context
-        self.generator = _generator(params.seed, setup.device)
+        self.generator = _generator(params.seed)
         self.seed = self.generator.initial_seed()
         self.bans: dict[int, set[int]] = {}
         self.counters = Counters()

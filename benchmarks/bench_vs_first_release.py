@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.bench_http import save_checkpoint
-from tests.serving import free_port, running_server
+from tests.serving import ServerHandle, free_port, running_server, wait_healthy
 
 RUN_BY_DEFAULT = False
 """Needs git history and a second server: run it by name."""
@@ -50,18 +50,6 @@ def stream_rate(url: str) -> tuple[float, int]:
     return chunks / (time.perf_counter() - start), chunks
 
 
-def wait_healthy(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the first release's server did not become healthy at {url}")
-
-
 def run() -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-first-release-") as scratch:
         checkpoint = save_checkpoint(Path(scratch) / "checkpoint")
@@ -74,16 +62,19 @@ def run() -> dict:
         port = free_port()
         env = dict(os.environ, OMP_NUM_THREADS=THREADS)
         command = [sys.executable, "-m", "server", "--checkpoint", str(checkpoint)]
-        old = subprocess.Popen(
-            [*command, "--port", str(port), "--dtype", "float32"],
-            cwd=old_tree,  # its own packages shadow this checkout's
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        old_url = f"http://127.0.0.1:{port}"
+        log_path = Path(scratch) / "first-release.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [*command, "--port", str(port), "--dtype", "float32"],
+                cwd=old_tree,  # its own packages shadow this checkout's
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        old = ServerHandle(f"http://127.0.0.1:{port}", port, process, log_path)
+        old_url = old.url
         try:
-            wait_healthy(old_url)
+            wait_healthy(old, timeout=120)
             with running_server(checkpoint, env={"OMP_NUM_THREADS": THREADS}) as new:
                 stream_rate(new.url), stream_rate(old_url)  # warm-up
                 ours, theirs = [], []
@@ -92,7 +83,6 @@ def run() -> dict:
                     theirs.append(stream_rate(old_url))
         finally:
             old.terminate()
-            old.wait()
             subprocess.run(
                 ["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)],
                 check=False,
