@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from backtrack.prompts import PromptEncoder, encoder_for_checkpoint
 from backtrack.tokens import BACKTRACK_TOKEN, backtrack_token_id
 
 METADATA_FILE = "backtrack.json"
@@ -38,6 +39,9 @@ class CheckpointMetadata:
     """`rewind` (errors invisible to the continuation) or `masked` (errors and BTs stay in context)."""
     task: str | None = None
     """Name of the bundled task the model was trained on, when there is one."""
+    prompt_format: str | None = None
+    """How training wrote prompts (`plain` or `chat`, see `backtrack.prompts`); the server and the
+    evaluation encode prompts the same way. None: not trained here."""
     training_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +71,11 @@ class LoadedCheckpoint:
     metadata: CheckpointMetadata
     backtrack_id: int
     path: Path
+
+    @property
+    def prompts(self) -> PromptEncoder:
+        """Prompts encoded as this checkpoint was trained (its recorded `prompt_format`)."""
+        return encoder_for_checkpoint(self.tokenizer, self.metadata.prompt_format)
 
 
 def load_checkpoint(
@@ -102,6 +111,10 @@ def load_checkpoint(
             f"the tokenizer in {str(path)!r} has no {metadata.backtrack_token!r} special token; "
             "train with `make train` or add it with backtrack.add_backtrack_token"
         )
+    try:
+        encoder_for_checkpoint(tokenizer, metadata.prompt_format)
+    except ValueError as error:
+        raise CheckpointError(f"{str(path)!r}: backtrack.json prompt_format: {error}") from error
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
     except Exception as error:

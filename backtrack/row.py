@@ -19,6 +19,12 @@ Deletions never reach into the prompt, nor further than `max_backtrack_depth` be
 position reached; a BT with nothing it may delete is ignored and counted. A ban holds only for the
 prefix it was made under: a deletion at position p drops every ban beyond p. `max_new_tokens`
 bounds the visible output and `max_backtracks` the deletions, so every request terminates.
+
+The last token is reviewed like every other: when the output reaches `max_new_tokens`, that token
+is fed and the model takes one more decision. BT deletes it and decoding goes on; EOS ends the
+request with `eos`; any other token ends it with `length`, unappended. So a length-limited answer
+never ends on a token the model would have deleted, at the price of one forward per such request
+(none when the policy is `never` or the deletion budget is spent).
 """
 
 from __future__ import annotations
@@ -131,6 +137,12 @@ class Row:
         return self.done is None and self.next_logits is not None
 
     @property
+    def reviewing_last(self) -> bool:
+        """The output holds `max_new_tokens` tokens: the next decision may only delete the last
+        one (BT) or end the request; a token it would append ends it instead."""
+        return len(self.visible_ids) >= self.params.max_new_tokens
+
+    @property
     def needs_feed(self) -> bool:
         return (
             self.done is None
@@ -181,6 +193,9 @@ class Row:
             events = self._backtrack()
             if events is not None:
                 return events
+        if self.reviewing_last:
+            # the last token stands: the output is full, so the new token is not appended
+            return self._finish("eos" if token in self.setup.eos_ids else "length")
         return self._append(token, logprob)
 
     def append_forced(self, token_id: int) -> list[Event]:
@@ -188,6 +203,8 @@ class Row:
         if self.done is not None:
             return []
         assert self.next_logits is not None, "a forced token needs the logits of its position"
+        if self.reviewing_last:
+            return self._finish("length")
         logprob = float(torch.log_softmax(self.next_logits.float(), dim=-1)[token_id])
         return self._append(token_id, logprob)
 
@@ -245,10 +262,10 @@ class Row:
         stop_at = self._stop_position(added)
         if stop_at is not None:
             return self._finish("stop", text_length=stop_at)
-        if len(self.visible_ids) >= self.params.max_new_tokens:
-            return self._finish("length")
         if len(self.context_ids) + 1 > self.max_context:
             return self._finish("length")
+        if self.reviewing_last and not (self._deletions_possible() and self._may_delete()):
+            return self._finish("length")  # nothing could delete it: no review to wait for
         self.context_ids.append(token)
         self.next_logits = None
         return self._release()

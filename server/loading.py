@@ -1,4 +1,4 @@
-"""The model being served: loading it from the settings, and turning prompts into token ids."""
+"""The model being served: loading it from the settings; its prompts encoded as it was trained."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from backtrack.checkpoint import CheckpointMetadata, load_checkpoint
 from backtrack.device import resolve_device, resolve_dtype
 from backtrack.kv import check_supported
+from backtrack.prompts import PromptEncoder, encoder_for_checkpoint
 from server.settings import Settings
 
 
@@ -33,26 +34,10 @@ class ServedModel:
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Prompt ids as the model was trained to see them (the tokenizer's special tokens).
-
-        A rendered chat template already holds its special tokens: pass False for it.
-        """
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
     @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """The checkpoint's chat template applied, or a plain `role: content` transcript."""
-        if self.has_chat_template:
-            rendered = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            return str(rendered)
-        lines = [f"{message['role']}: {message['content']}" for message in messages]
-        return "\n".join([*lines, "assistant: "])
+    def prompts(self) -> PromptEncoder:
+        """Prompts encoded as the checkpoint was trained (`backtrack.json` `prompt_format`)."""
+        return encoder_for_checkpoint(self.tokenizer, self.metadata.prompt_format)
 
 
 def load_served_model(settings: Settings) -> ServedModel:

@@ -25,9 +25,15 @@ class GenerationService:
         self.served, self.engine, self.limits = served, engine, limits
         self.request_timeout = request_timeout
 
-    def encode_prompt(self, text: str, field: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of a prompt; InvalidParameter (422) when empty or too long."""
-        ids = self.served.encode(text, add_special_tokens)
+    def encode_completion(self, text: str, field: str) -> list[int]:
+        """A completion route's prompt as the model was trained on it; 422 when empty or long."""
+        return self._within_limits(self.served.prompts.completion(text), field)
+
+    def encode_chat(self, messages: list[dict[str, str]], field: str) -> list[int]:
+        """A conversation as the model was trained on prompts; 422 when empty or long."""
+        return self._within_limits(self.served.prompts.chat(messages), field)
+
+    def _within_limits(self, ids: list[int], field: str) -> list[int]:
         if not ids:
             raise InvalidParameter(field, "must not be empty")
         limit = min(self.limits.max_input_tokens, self.served.max_context - 1)

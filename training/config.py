@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from backtrack.prompts import PROMPT_FORMATS
+
 Objective = Literal["rewind", "masked"]
 ErrorSourceName = Literal["random", "in_distribution", "mixed"]
 OBJECTIVES = ("rewind", "masked")
@@ -55,6 +57,10 @@ class DataConfig:
     eval_file: str | None = None
     max_length: int = 512
     """Examples longer than this (prompt + response + errors) are truncated from the right."""
+    prompt_format: str = "auto"
+    """How prompts are written (`backtrack.prompts`): `plain` text, `chat` (one user turn of the
+    tokenizer's chat template) or `auto` (chat when the tokenizer has a template). Recorded in
+    `backtrack.json`; the server encodes every route's prompts the same way."""
 
 
 @dataclass
@@ -148,6 +154,11 @@ class Config:
             "set when data.task is null",
         )
         _require(self.data.digits >= 1, "data.digits", "at least 1")
+        _require(
+            self.data.prompt_format in ("auto", *PROMPT_FORMATS),
+            "data.prompt_format",
+            "auto, plain or chat",
+        )
         _require(
             self.training.per_device_train_batch_size >= 1,
             "training.per_device_train_batch_size",

@@ -1,8 +1,9 @@
 """(prompt, response) pairs from JSONL or the bundled task, tokenised once into `Example`s.
 
 Two JSONL shapes are read: GSM8K's `{"question", "answer"}` and the generic
-`{"prompt", "response"}`. Prompts go through the tokenizer's chat template when it has one, so a
-chat model is trained on what it will be served with. Everything downstream (error injection,
+`{"prompt", "response"}`. Prompts are encoded by `backtrack.prompts`, the encoder the server uses
+too, in the format `data.prompt_format` names (recorded in `backtrack.json`), so a model is
+trained on exactly the ids it will be served. Everything downstream (error injection,
 objectives, collation) works on these token ids and never decodes and re-encodes text.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from backtrack.prompts import PromptEncoder, resolve_format
 from training.config import DataConfig
 from training.tasks import Problem, load_task
 
@@ -45,21 +47,18 @@ def read_jsonl(path: str | Path) -> list[Problem]:
     return problems
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """The prompt as the model sees it: through the chat template when there is one."""
-    if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return tokenizer.encode(text, add_special_tokens=False)
-    return tokenizer.encode(prompt)
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> Example:
+def encode(encoder: PromptEncoder, problem: Problem) -> Example:
+    """The prompt as the server will encode it (`backtrack.prompts`), the response plus EOS."""
+    tokenizer = encoder.tokenizer
     response = tokenizer.encode(problem.response, add_special_tokens=False)
     if tokenizer.eos_token_id is not None:
         response.append(tokenizer.eos_token_id)
-    return Example(tuple(encode_prompt(tokenizer, problem.prompt)), tuple(response))
+    return Example(tuple(encoder.completion(problem.prompt)), tuple(response))
+
+
+def prompt_encoder(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> PromptEncoder:
+    """The encoder `data.prompt_format` names (`auto`: the chat template when there is one)."""
+    return PromptEncoder(tokenizer, resolve_format(config.prompt_format, tokenizer))
 
 
 class ExampleDataset(Dataset):
@@ -88,10 +87,10 @@ def load_problems(config: DataConfig) -> tuple[list[Problem], list[Problem]]:
 
 
 def build_datasets(
-    config: DataConfig, tokenizer: PreTrainedTokenizerBase
+    config: DataConfig, encoder: PromptEncoder
 ) -> tuple[ExampleDataset, ExampleDataset]:
     train, held_out = load_problems(config)
     return (
-        ExampleDataset([encode(tokenizer, problem) for problem in train]),
-        ExampleDataset([encode(tokenizer, problem) for problem in held_out]),
+        ExampleDataset([encode(encoder, problem) for problem in train]),
+        ExampleDataset([encode(encoder, problem) for problem in held_out]),
     )

@@ -33,8 +33,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from backtrack.batch import decode_all, final_event
 from backtrack.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from backtrack.params import GenerationParams
+from backtrack.prompts import PromptEncoder
 from training.config import Config, config_from_dict
-from training.data import encode, encode_prompt, load_problems
+from training.data import encode, load_problems
 from training.errors import in_distribution_source, out_of_distribution_source
 from training.plots import save_accuracy_plot
 from training.tasks import Problem
@@ -55,6 +56,8 @@ class Subject:
     tokenizer: PreTrainedTokenizerBase
     backtrack_id: int
     problems: list[Problem]
+    prompts: PromptEncoder
+    """The checkpoint's own prompt encoder: the one the server uses."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def run_decoding(subject: Subject, temperature: float, policy: str, mode: str) -
     """
     requests = []
     for index, problem in enumerate(subject.problems):
-        prompt_ids = encode_prompt(subject.tokenizer, problem.prompt)
+        prompt_ids = subject.prompts.completion(problem.prompt)
         length = len(subject.tokenizer.encode(problem.response, add_special_tokens=False)) + 4
         requests.append(
             (prompt_ids, decoding_params(temperature, policy, mode, seed=index, length=length))
@@ -109,7 +112,7 @@ def recovery_rate(subject: Subject, seed: int = 0, kind: str = "in_distribution"
     temperature mostly makes. The row may write one token after the forced ones, so its first
     decision either deletes the wrong token (recovered) or ends the row.
     """
-    examples = [encode(subject.tokenizer, problem) for problem in subject.problems]
+    examples = [encode(subject.prompts, problem) for problem in subject.problems]
     special = [*subject.tokenizer.all_special_ids, subject.backtrack_id]
     if kind == "in_distribution":
         source = in_distribution_source(examples, special)
@@ -144,7 +147,7 @@ def false_backtrack_rate(subject: Subject) -> float:
     """Share of correct-prefix positions (prompt end to last answer token) whose argmax is BT."""
     fired, positions = 0, 0
     for problem in subject.problems:
-        example = encode(subject.tokenizer, problem)
+        example = encode(subject.prompts, problem)
         ids = [*example.prompt_ids, *example.response_ids]
         logits = subject.model(torch.tensor([ids], device=subject.model.device)).logits[0]
         start, end = len(example.prompt_ids) - 1, len(ids) - 1
@@ -229,7 +232,13 @@ def evaluate_checkpoint(
 ) -> dict:
     config = config_from_dict(checkpoint.metadata.training_config or {})
     problems = held_out_problems(config, count)
-    subject = Subject(checkpoint.model, checkpoint.tokenizer, checkpoint.backtrack_id, problems)
+    subject = Subject(
+        checkpoint.model,
+        checkpoint.tokenizer,
+        checkpoint.backtrack_id,
+        problems,
+        checkpoint.prompts,
+    )
     figures = evaluate(subject, temperatures, modes)
     return {
         "checkpoint": str(checkpoint.path),

@@ -25,7 +25,7 @@ from backtrack.checkpoint import CheckpointMetadata, save_metadata
 from training.collator import BacktrackCollator
 from training.config import Config, ConfigError, PhaseConfig, load_config
 from training.curriculum import CurriculumCallback
-from training.data import ExampleDataset, build_datasets
+from training.data import ExampleDataset, build_datasets, prompt_encoder
 from training.errors import ErrorPlan, Injector, build_source
 from training.modeling import StartingPoint, starting_point
 from training.plots import save_loss_curve
@@ -83,7 +83,7 @@ def build_trainer(
     config: Config, start: StartingPoint
 ) -> tuple[BacktrackTrainer, CurriculumCallback | None]:
     """The Trainer, its collators and (with backtracking) the curriculum callback."""
-    train_set, eval_set = build_datasets(config.data, start.tokenizer)
+    train_set, eval_set = build_datasets(config.data, prompt_encoder(config.data, start.tokenizer))
     args = training_arguments(config, has_eval=len(eval_set) > 0)
     bt = config.backtrack
     injector, callback = None, None
@@ -177,6 +177,7 @@ def write_checkpoint(
         backtrack_token_id=start.backtrack_id,
         objective=config.backtrack.objective,
         task=config.data.task,
+        prompt_format=prompt_encoder(config.data, start.tokenizer).format,
         training_config=config.to_dict(),
     )
     save_metadata(output, metadata)

@@ -27,7 +27,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["generation"])
 
 def _submit(service: GenerationService, body: GenerateRequest, endpoint: str, hold: bool) -> Stream:
     params = tgi_params(body.parameters, service.limits)
-    prompt_ids = service.encode_prompt(body.inputs, "inputs")
+    prompt_ids = service.encode_completion(body.inputs, "inputs")
     if body.parameters.hold_back_deletable is not None:
         hold = body.parameters.hold_back_deletable
     return service.submit(prompt_ids, params, endpoint, hold_back_deletable=hold)

@@ -41,27 +41,25 @@ async def completions(body: CompletionRequest, request: Request, service: Servic
         prompt = body.prompt[0]
     else:
         prompt = body.prompt
-    return await _serve(body, prompt, "prompt", Shape.completion(body, service), request, service)
+    prompt_ids = service.encode_completion(prompt, "prompt")
+    return await _serve(body, prompt_ids, Shape.completion(body, service), request, service)
 
 
 @router.post("/chat/completions", summary="OpenAI chat completions, streaming or not")
 async def chat_completions(body: ChatCompletionRequest, request: Request, service: Service) -> Any:
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt = service.served.chat_prompt(messages)
-    return await _serve(body, prompt, "messages", Shape.chat(body, service), request, service)
+    prompt_ids = service.encode_chat(messages, "messages")
+    return await _serve(body, prompt_ids, Shape.chat(body, service), request, service)
 
 
 async def _serve(
     body: CompletionRequest | ChatCompletionRequest,
-    prompt: str,
-    prompt_field: str,
+    prompt_ids: list[int],
     shape: Shape,
     request: Request,
     service: GenerationService,
 ) -> Any:
     params = openai_params(body, service.limits)
-    templated = shape.chat and service.served.has_chat_template  # it writes its own BOS
-    prompt_ids = service.encode_prompt(prompt, prompt_field, add_special_tokens=not templated)
     stream = service.submit(prompt_ids, params, shape.endpoint, body.hold_back_deletable)
     if body.stream:
         return sse_response(stream, shape.frames)

@@ -311,3 +311,32 @@ def test_events_of_every_row_replay_to_its_text(tiny_model, char_tokenizer, back
     for events in results.values():
         assert replay(events) == final_event(events).generated_text
         assert all(isinstance(e, TokenEvent | BacktrackEvent) for e in events[:-1])
+
+
+def test_the_last_token_is_reviewed_before_a_length_limit_ends_the_request(
+    tiny_model, char_tokenizer, backtrack_id
+):
+    """At max_new_tokens the model still decides once more: a BT there deletes the last token."""
+    params = GenerationParams(max_new_tokens=3, ignore_eos=True)
+    forced = [[10, 11, 12, backtrack_id, 13]]
+    ((_, events),) = decode_all(
+        tiny_model, char_tokenizer, backtrack_id, [([1, 5], params)], forced=forced
+    )
+    done = final_event(events)
+    assert [removed["id"] for removed in done.removed_tokens] == [12]
+    assert done.generated_text == char_tokenizer.decode([10, 11, 13])
+    assert (done.finish_reason, done.generated_tokens) == ("length", 3)
+
+
+def test_a_last_token_the_model_keeps_ends_the_request_at_the_limit(
+    tiny_model, char_tokenizer, backtrack_id
+):
+    """The review's token is not appended: the output never exceeds max_new_tokens."""
+    for policy in ("argmax", "never"):
+        params = GenerationParams(max_new_tokens=4, ignore_eos=True, backtrack_policy=policy)
+        with logit_bias(tiny_model, backtrack_id, -50.0):
+            ((_, events),) = decode_all(
+                tiny_model, char_tokenizer, backtrack_id, [([1, 5], params)]
+            )
+        done = final_event(events)
+        assert (done.finish_reason, done.generated_tokens, done.backtracks) == ("length", 4, 0)

@@ -72,7 +72,10 @@ def save_scripted_checkpoint(directory: Path, script: dict[str, list[str]]) -> P
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     bt_id = backtrack_token_id(tokenizer)
-    save_metadata(directory, CheckpointMetadata(backtrack_token_id=bt_id, objective="rewind"))
+    metadata = CheckpointMetadata(
+        backtrack_token_id=bt_id, objective="rewind", prompt_format="plain"
+    )
+    save_metadata(directory, metadata)
     return directory
 
 

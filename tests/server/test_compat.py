@@ -132,8 +132,10 @@ def test_openai_chat_completion(sdk):
     completion = sdk.chat.completions.create(model="scripted", messages=messages, temperature=0)
     message = completion.choices[0].message
     assert message.role == "assistant"
-    # no chat template in the checkpoint: "user: 1+1=\nassistant: " -> "ok" then EOS
-    assert message.content == "ok"
+    # a plain-format checkpoint: one user message is the very prompt /generate sends
+    assert message.content == EXPECTED_TEXT
+    plain = sdk.completions.create(model="scripted", prompt=PROMPT, temperature=0)
+    assert completion.usage.prompt_tokens == plain.usage.prompt_tokens
     assert completion.choices[0].finish_reason == "stop"
 
 

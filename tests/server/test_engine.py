@@ -43,7 +43,9 @@ def make_engine(served) -> Iterator:
 
 def loop_request(served: ServedModel, tokens: int, timeout: float | None = None):
     params = GenerationParams(max_new_tokens=tokens)
-    return GenerationRequest(served.encode(LOOP_PROMPT), params, "test", timeout=timeout)
+    return GenerationRequest(
+        served.prompts.completion(LOOP_PROMPT), params, "test", timeout=timeout
+    )
 
 
 async def first_event(stream: Stream):

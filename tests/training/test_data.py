@@ -8,7 +8,7 @@ import pytest
 
 from backtrack.tiny import build_char_tokenizer
 from training.config import DataConfig
-from training.data import encode, load_problems, read_jsonl
+from training.data import encode, load_problems, prompt_encoder, read_jsonl
 from training.tasks import AdditionTask, Problem
 
 
@@ -40,13 +40,17 @@ def test_jsonl_files_are_the_splits_when_no_task_is_named(tmp_path):
 
 def test_the_chat_template_frames_the_prompt_when_the_tokenizer_has_one():
     tokenizer = build_char_tokenizer()
-    plain = encode(tokenizer, Problem("1+1=", "2"))
+    plain = encode(prompt_encoder(DataConfig(), tokenizer), Problem("1+1=", "2"))
     assert tokenizer.decode(plain.prompt_ids) == "1+1="
     assert plain.response_ids == (*tokenizer.encode("2"), tokenizer.eos_token_id)
     tokenizer.chat_template = "{% for m in messages %}q: {{ m['content'] }}\n{% endfor %}a: "
-    framed = encode(tokenizer, Problem("1+1=", "2"))
+    framed = encode(prompt_encoder(DataConfig(), tokenizer), Problem("1+1=", "2"))
     assert tokenizer.decode(framed.prompt_ids) == "q: 1+1=\na: "
     assert framed.response_ids == plain.response_ids
+    forced_plain = encode(
+        prompt_encoder(DataConfig(prompt_format="plain"), tokenizer), Problem("1+1=", "2")
+    )
+    assert forced_plain.prompt_ids == plain.prompt_ids
 
 
 def test_the_addition_task_writes_the_sum_least_significant_digit_first():

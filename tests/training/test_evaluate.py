@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backtrack.prompts import PromptEncoder
 from backtrack.tiny import build_tiny_llama, tiny_llama_config
 from training.config import Config
 from training.data import load_problems
@@ -45,7 +46,13 @@ def test_recovery_and_false_backtracks_count_the_backtrack_decisions(
     char_tokenizer, backtrack_id, shift, rate
 ):
     model = biased_model(len(char_tokenizer), backtrack_id, shift)
-    subject = Subject(model, char_tokenizer, backtrack_id, held_out_problems(Config(), 5))
+    subject = Subject(
+        model,
+        char_tokenizer,
+        backtrack_id,
+        held_out_problems(Config(), 5),
+        PromptEncoder(char_tokenizer),
+    )
     assert recovery_rate(subject) == rate
     assert recovery_rate(subject, kind="out_of_distribution") == rate
     assert false_backtrack_rate(subject) == rate
@@ -64,7 +71,13 @@ def test_a_model_that_deletes_only_non_digits_recovers_from_those_alone(
         return output
 
     model.register_forward_hook(backtrack_after_a_non_digit, with_kwargs=True)
-    subject = Subject(model, char_tokenizer, backtrack_id, held_out_problems(Config(), 8))
+    subject = Subject(
+        model,
+        char_tokenizer,
+        backtrack_id,
+        held_out_problems(Config(), 8),
+        PromptEncoder(char_tokenizer),
+    )
     assert recovery_rate(subject, kind="in_distribution") == 0.0
     assert recovery_rate(subject, kind="out_of_distribution") == 1.0
 

@@ -1,0 +1,75 @@
+"""One prompt encoder for training, evaluation and serving, so a served prompt is a trained one.
+
+A checkpoint records in `backtrack.json` how its training prompts were written (`prompt_format`):
+
+* `plain`: the prompt text as given, through the tokenizer with its special tokens (BOS). The
+  completion routes (`/generate`, `/`, `/v1/completions`) send the text so; the chat route joins
+  the messages' contents with newlines, so one user message is exactly the trained prompt.
+* `chat`: the text as one user turn of the tokenizer's chat template, with the assistant's
+  generation prompt. The chat route renders its messages with that template; the completion
+  routes wrap their text as one user turn, the way training did.
+
+`auto` (a training setting, never recorded) picks `chat` for a tokenizer with a chat template and
+`plain` otherwise. A checkpoint without the field (trained elsewhere) is served as `plain` on the
+completion routes and through its chat template, when it has one, on the chat route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from transformers import PreTrainedTokenizerBase
+
+PromptFormat = Literal["plain", "chat"]
+PROMPT_FORMATS: tuple[str, ...] = ("plain", "chat")
+
+
+def resolve_format(requested: str, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
+    """`auto` becomes `chat` when the tokenizer has a chat template, else `plain`."""
+    if requested == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    if requested not in PROMPT_FORMATS:
+        raise ValueError(f"prompt format must be auto, plain or chat, got {requested!r}")
+    if requested == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("prompt format chat needs a tokenizer with a chat template")
+    return requested  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PromptEncoder:
+    """Prompt text or chat messages to the token ids the model was trained on."""
+
+    tokenizer: PreTrainedTokenizerBase
+    format: PromptFormat = "plain"
+    chat_uses_template: bool = False
+    """For a `plain` checkpoint trained elsewhere: render chat with its own template."""
+
+    def completion(self, text: str) -> list[int]:
+        """A completion prompt (and every training and evaluation prompt)."""
+        if self.format == "chat":
+            return self._template([{"role": "user", "content": text}])
+        return list(self.tokenizer(text)["input_ids"])
+
+    def chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation, ending with the assistant's turn to answer."""
+        if self.format == "chat" or self.chat_uses_template:
+            return self._template(messages)
+        return self.completion("\n".join(message["content"] for message in messages))
+
+    def _template(self, messages: list[dict[str, str]]) -> list[int]:
+        # a rendered template holds its own special tokens (BOS): none are added again
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer(str(text), add_special_tokens=False)["input_ids"])
+
+
+def encoder_for_checkpoint(
+    tokenizer: PreTrainedTokenizerBase, recorded: str | None
+) -> PromptEncoder:
+    """The encoder a checkpoint's recorded `prompt_format` asks for (None: trained elsewhere)."""
+    if recorded is None:
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        return PromptEncoder(tokenizer, "plain", chat_uses_template=has_template)
+    return PromptEncoder(tokenizer, resolve_format(recorded, tokenizer))
