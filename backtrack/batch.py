@@ -92,10 +92,12 @@ class BatchDecoder:
         return row
 
     def cancel(self, row: Row, reason: str) -> list[Event]:
-        """End a row now and free its KV (client gone, timeout, shutdown)."""
-        events = row.cancel(reason)
-        self._leave(row)
-        return events
+        """End a row now and free its KV (client gone, timeout, shutdown); the KV is freed even
+        when ending the row fails (a detokenizer error), so a fault never leaks the cache."""
+        try:
+            return row.cancel(reason)
+        finally:
+            self._leave(row)
 
     def _leave(self, row: Row) -> None:
         self.kv.remove(row)

@@ -7,6 +7,7 @@ layer can answer 422 naming the field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,6 +15,12 @@ Mode = Literal["rewind", "keep"]
 BacktrackPolicy = Literal["argmax", "threshold", "sample", "never"]
 MODES = ("rewind", "keep")
 POLICIES = ("argmax", "threshold", "sample", "never")
+MIN_TEMPERATURE = 1e-2
+"""Below it logits / temperature overflow to inf and sampling fails (vLLM clamps here too)."""
+MAX_SEED = 2**64 - 1
+"""torch.Generator.manual_seed takes 64-bit seeds."""
+PENALTY_RANGE = (1e-2, 100.0)
+"""A repetition penalty outside it overflows the scores of repeated tokens."""
 
 
 @dataclass
@@ -45,14 +52,24 @@ class GenerationParams:
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
-        _check(self.temperature > 0, "temperature", "must be strictly positive")
+        _check(
+            MIN_TEMPERATURE <= self.temperature < math.inf,
+            "temperature",
+            f"must be at least {MIN_TEMPERATURE} (use do_sample false for greedy)",
+        )
+        _check(
+            self.seed is None or 0 <= self.seed <= MAX_SEED,
+            "seed",
+            f"must be in [0, {MAX_SEED}] (2**64 - 1)",
+        )
         _check(self.top_k is None or self.top_k >= 1, "top_k", "must be at least 1")
         _check(self.top_p is None or 0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(self.min_p is None or 0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
         _check(
-            self.repetition_penalty is None or self.repetition_penalty > 0,
+            self.repetition_penalty is None
+            or PENALTY_RANGE[0] <= self.repetition_penalty <= PENALTY_RANGE[1],
             "repetition_penalty",
-            "must be strictly positive",
+            f"must be in [{PENALTY_RANGE[0]}, {PENALTY_RANGE[1]}]",
         )
         _check(self.min_tokens >= 0, "min_tokens", "must be at least 0")
         _check(self.max_backtracks >= 0, "max_backtracks", "must be at least 0")

@@ -1,24 +1,34 @@
 """The FastAPI application: routes, error handlers, and the model loaded in the background.
 
-`/health` answers 503 until the checkpoint is loaded and the engine runs, then 200. A checkpoint
-that cannot be served calls `on_fatal` with a clear message (the CLI then exits non-zero).
+`/health` answers 503 until the checkpoint is loaded and the engine runs, then 200, and 503 again
+when the engine worker stops or is stuck in one step (an orchestrator then restarts the
+replica). A checkpoint that cannot be served calls `on_fatal` with a clear message (the CLI then
+exits non-zero). The checkpoint loads on a daemon thread, so SIGTERM during loading exits at
+once instead of waiting for the load to finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 import server
 from backtrack.checkpoint import CheckpointError
 from server.api import admin, native, openai
+from server.api.body_limit import BodyLimit
 from server.api.errors import install_error_handlers
+from server.api.schemas import apply_limits
 from server.engine import Engine
 from server.loading import load_served_model
 from server.metrics import Metrics
@@ -26,6 +36,7 @@ from server.service import GenerationService, Limits
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
@@ -40,7 +51,14 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.state.service = None
     app.state.engine = None
     app.state.on_fatal = on_fatal or (lambda message: log.error(message))
+    if settings.exposed_without_key:
+        log.warning(
+            "listening on %s without an API key: anyone who reaches this port can generate; "
+            "set BACKTRACK_API_KEY or listen on 127.0.0.1",
+            settings.host,
+        )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     for module in (admin, native, openai):
         app.include_router(module.router)
     if admin.STATIC_DIR.is_dir():
@@ -52,7 +70,18 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
+    app.openapi = partial(limited_openapi, app, settings)  # type: ignore[method-assign]
     return app
+
+
+def limited_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """FastAPI's schema with this server's limits on the fields they bound (cached)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        app.openapi_schema = apply_limits(schema, Limits.from_settings(settings))
+    return app.openapi_schema
 
 
 @asynccontextmanager
@@ -62,8 +91,35 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         loading.cancel()
+        if app.state.service is not None:
+            app.state.service.close()
         if app.state.engine is not None:
             await asyncio.to_thread(app.state.engine.stop)
+
+
+def _in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
+    """Run `function` on a daemon thread: unlike asyncio.to_thread, exit never waits for it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled: shutting down meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = function(), None
+        except BaseException as caught:  # handed to the event loop, which re-raises it
+            result, error = None, caught
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="load-checkpoint", daemon=True).start()
+    return future
 
 
 async def _load(app: FastAPI) -> None:
@@ -71,7 +127,7 @@ async def _load(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     log.info("loading checkpoint %s", settings.checkpoint)
     try:
-        served = await asyncio.to_thread(load_served_model, settings)
+        served = await _in_daemon_thread(partial(load_served_model, settings))
     except (CheckpointError, ValueError, OSError) as error:
         app.state.on_fatal(f"cannot serve the checkpoint: {error}")
         return
@@ -86,13 +142,10 @@ async def _load(app: FastAPI) -> None:
         max_waiting=settings.max_queue_size,
         max_batch_total_tokens=settings.max_batch_total_tokens,
         max_batch_prefill_tokens=settings.max_batch_prefill_tokens,
+        stall_timeout=settings.health_stall_timeout,
     )
     engine.start()
-    limits = Limits(
-        max_input_tokens=settings.max_input_tokens,
-        max_new_tokens=settings.max_new_tokens,
-        default_max_new_tokens=settings.default_max_new_tokens,
-    )
+    limits = Limits.from_settings(settings)
     app.state.engine = engine
     app.state.service = GenerationService(served, engine, limits, settings.request_timeout)
     log.info("serving %s (%s, %s)", served.model_id, served.device, served.dtype)

@@ -20,8 +20,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from backtrack.batch import BatchDecoder, StepReport
 from backtrack.events import DoneEvent, Event, TokenEvent
@@ -31,6 +33,9 @@ from server.loading import ServedModel
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_FAULTS_IN_A_ROW = 3
+"""Failed worker turns in a row after which the engine stops taking requests (/health 503)."""
 
 
 class QueueFull(Exception):
@@ -39,6 +44,10 @@ class QueueFull(Exception):
 
 class ShuttingDown(Exception):
     """The server is stopping and takes no new requests; answer 503."""
+
+
+class EngineDown(ShuttingDown):
+    """The worker thread is gone: nothing would ever answer a new request; answer 503."""
 
 
 @dataclass
@@ -64,12 +73,20 @@ class GenerationRequest:
 class Stream:
     """One request's events, read by the asyncio side; `cancel()` stops it within one step."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: threading.Condition) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        wake: threading.Condition,
+        give_up_after: float | None = None,
+        fallback: DoneEvent | None = None,
+    ) -> None:
         self._loop = loop
         self._wake = wake
         self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
         self.cancel_requested = False
         self.done: DoneEvent | None = None
+        self._give_up_at = None if give_up_after is None else time.monotonic() + give_up_after
+        self._fallback = fallback
 
     def cancel(self) -> None:
         """Ask the worker to end this request (client gone); safe to call at any time."""
@@ -86,10 +103,21 @@ class Stream:
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while self.done is None:
-            for event in await self._queue.get():
+            for event in await self._next():
                 if isinstance(event, DoneEvent):
                     self.done = event
                 yield event
+
+    async def _next(self) -> list[Event]:
+        """The next events; past the backstop (a wedged worker) the fallback `done` instead,
+        since the worker thread is what enforces the request timeout."""
+        if self._give_up_at is None or self._fallback is None:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), self._give_up_at - time.monotonic())
+        except TimeoutError:
+            self.cancel()
+            return [self._fallback]
 
 
 def publish_all(batch: list[tuple[Stream, list[Event]]]) -> None:
@@ -127,6 +155,19 @@ class _Job:
         return float("inf") if timeout is None else self.arrival + timeout
 
 
+def _done(request: GenerationRequest, reason: str) -> DoneEvent:
+    """A `done` for a request that produced nothing its client may keep."""
+    return DoneEvent(
+        generated_text="",
+        finish_reason=reason,
+        generated_tokens=0,
+        backtracks=0,
+        sampled_tokens=0,
+        seed=request.params.seed,
+        prompt_tokens=len(request.prompt_ids),
+    )
+
+
 class Engine:
     """Owns the model; schedules requests onto one worker thread that decodes them in a batch."""
 
@@ -138,8 +179,10 @@ class Engine:
         max_waiting: int,
         max_batch_total_tokens: int = 1 << 20,
         max_batch_prefill_tokens: int = 512,
+        stall_timeout: float = 60.0,
     ) -> None:
         self.served = served
+        self.stall_timeout = stall_timeout
         self.metrics = metrics
         self.max_running = max_running
         self.max_waiting = max_waiting
@@ -157,6 +200,9 @@ class Engine:
         self._reserved = 0
         self._stop = False
         self._shutdown_deadline: float | None = None
+        self._busy_since: float | None = None
+        self._faults_in_a_row = 0
+        self._broken = False
         self._thread = threading.Thread(target=self._work, name="engine", daemon=True)
         metrics.kv_cache_budget_tokens.set(max_batch_total_tokens)
 
@@ -177,8 +223,10 @@ class Engine:
                 f"with the prompt needs {reserved} tokens of KV cache; "
                 f"the server holds at most {self.max_batch_total_tokens} (max_batch_total_tokens)",
             )
-        stream = Stream(asyncio.get_running_loop(), self._wake)
+        stream = self._stream_for(request)
         with self._wake:
+            if not self._thread.is_alive() or self._broken:
+                raise EngineDown("the engine worker stopped; this replica needs a restart")
             if self._shutdown_deadline is not None:
                 raise ShuttingDown("the server is shutting down")
             if len(self._running) + len(self._waiting) >= self.max_running + self.max_waiting:
@@ -190,11 +238,33 @@ class Engine:
             self._wake.notify()
         return stream
 
+    def _stream_for(self, request: GenerationRequest) -> Stream:
+        """A stream that gives up by itself `stall_timeout` seconds after the request's own
+        timeout, should the worker that enforces that timeout be wedged."""
+        give_up = None if request.timeout is None else request.timeout + self.stall_timeout
+        fallback = _done(request, "timeout")
+        return Stream(asyncio.get_running_loop(), self._wake, give_up, fallback)
+
     def begin_shutdown(self, grace: float) -> None:
-        """Refuse new requests; requests still running after `grace` seconds end (`shutdown`)."""
+        """Refuse new requests; requests still running after `grace` seconds end (`shutdown`).
+
+        A second call (a second SIGTERM) never moves the deadline later."""
         with self._wake:
-            self._shutdown_deadline = time.monotonic() + grace
+            deadline = time.monotonic() + grace
+            if self._shutdown_deadline is None or deadline < self._shutdown_deadline:
+                self._shutdown_deadline = deadline
             self._wake.notify()
+
+    def problem(self) -> str | None:
+        """Why this engine cannot serve (for /health), or None when it can."""
+        if not self._thread.is_alive():
+            return "the engine worker stopped"
+        if self._broken:
+            return f"the engine worker failed {MAX_FAULTS_IN_A_ROW} turns in a row"
+        busy_since = self._busy_since
+        if busy_since is not None and time.monotonic() - busy_since > self.stall_timeout:
+            return f"the engine worker is stuck in one step for over {self.stall_timeout:g} s"
+        return None
 
     def stop(self) -> None:
         """End every request now and stop the worker thread."""
@@ -220,21 +290,95 @@ class Engine:
     # -- the worker ----------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
-            with self._wake:
-                while not self._stop and not self._waiting and not self._running:
-                    self._wake.wait()
-                if self._stop:
-                    return
-                admitted = self._admit()
-            for job in admitted:
-                self._start(job)
-            for job in list(self._running):
-                reason = self._end_reason(job)
-                if reason is not None and job.row is not None:
-                    self._publish(job, self.decoder.cancel(job.row, reason))
-            if self.decoder.rows:
-                self._step()
+        """The worker loop. A fault in a turn ends the requests it touched (`error`) and the
+        loop goes on; should the thread die anyway, every waiting request is ended."""
+        try:
+            while self._wait_for_work():
+                self._busy_since = time.monotonic()
+                try:
+                    self._turn()
+                    self._faults_in_a_row = 0
+                except Exception:
+                    log.exception("engine turn failed; ending the running requests")
+                    self._after_fault()
+                self._busy_since = None
+        finally:
+            self._busy_since = None
+            if not self._stop:
+                log.error("the engine worker stopped unexpectedly")
+                self._fail_everything()
+
+    def _wait_for_work(self) -> bool:
+        """Sleep until there is work; False once `stop()` asked the worker to end."""
+        with self._wake:
+            while not self._stop and not self._waiting and not self._running:
+                self._wake.wait()
+            return not self._stop
+
+    def _turn(self) -> None:
+        """Admit, end the jobs that must end, step the batch."""
+        with self._wake:
+            admitted = self._admit()
+        for job in admitted:
+            self._start(job)
+        for job in list(self._running):
+            reason = self._end_reason(job)
+            if reason is not None and job.row is not None:
+                self._guarded(job, partial(self._end, job, reason))
+        if self.decoder.rows:
+            self._step()
+
+    def _end(self, job: _Job, reason: str) -> None:
+        assert job.row is not None
+        self._publish(job, self.decoder.cancel(job.row, reason))
+
+    def _guarded(self, job: _Job, action: Callable[[], T]) -> T | None:
+        """Run one job's bookkeeping; should it fail, that job alone ends with `error`."""
+        try:
+            return action()
+        except Exception:
+            log.exception("request bookkeeping failed; ending the request with an error")
+            self._fail(job)
+            return None
+
+    def _after_fault(self) -> None:
+        """End the running requests; a fault that repeats (turn after turn, nothing served)
+        also ends the waiting ones and marks the engine broken, so /health asks for a restart
+        instead of the worker spinning on it."""
+        self._faults_in_a_row += 1
+        self._fail_running()
+        if self._faults_in_a_row >= MAX_FAULTS_IN_A_ROW:
+            self._broken = True
+            self._fail_everything()
+
+    def _fail_running(self) -> None:
+        for job in list(self._running):
+            self._fail(job)
+        for row in list(self.decoder.rows):  # rows no job owns any more: free their KV
+            with contextlib.suppress(Exception):
+                self.decoder.cancel(row, "error")
+
+    def _fail_everything(self) -> None:
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        for job in [*waiting, *self._running]:
+            with contextlib.suppress(Exception):
+                self._fail(job)
+
+    def _fail(self, job: _Job) -> None:
+        """End a job with `error` whatever state its row is in; its client gets `done`."""
+        events: list[Event] = []
+        if job.row is not None and not job.row.finished:
+            try:
+                events = self.decoder.cancel(job.row, "error")
+            except Exception:
+                log.exception("ending the failed request cleanly failed too")
+        if not any(isinstance(event, DoneEvent) for event in events):
+            events = [_done(job.request, "error")]
+        with contextlib.suppress(Exception):
+            self._record(job, events)
+        self._leave(job)
+        job.stream.publish(events)
 
     def _admit(self) -> list[_Job]:
         """Move waiting jobs into the batch while slots and KV budget last (lock held).
@@ -282,18 +426,17 @@ class Engine:
             report = self.decoder.step()
         except Exception:
             log.exception("decoding step failed")
-            for row in list(self.decoder.rows):
-                job = self._by_row.get(row)
-                events = self.decoder.cancel(row, "error")
-                if job is not None:
-                    self._publish(job, events)
+            self._fail_running()
             return
-        self._record_step(report)
+        with contextlib.suppress(Exception):  # metrics never end a request
+            self._record_step(report)
         outgoing = []
         for row, events in report.events.items():
             job = self._by_row.get(row)
             if job is not None:
-                outgoing.append((job.stream, self._account(job, events)))
+                accounted = self._guarded(job, partial(self._account, job, events))
+                if accounted is not None:
+                    outgoing.append((job.stream, accounted))
         publish_all(outgoing)
 
     def _publish(self, job: _Job, events: list[Event]) -> None:
@@ -329,15 +472,7 @@ class Engine:
         return None
 
     def _finish_unstarted(self, job: _Job, reason: str) -> None:
-        done = DoneEvent(
-            generated_text="",
-            finish_reason=reason,
-            generated_tokens=0,
-            backtracks=0,
-            sampled_tokens=0,
-            seed=job.request.params.seed,
-            prompt_tokens=len(job.request.prompt_ids),
-        )
+        done = _done(job.request, reason)
         self._record(job, [done])
         self._leave(job)
         job.stream.publish([done])

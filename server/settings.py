@@ -9,6 +9,7 @@ start-up with a message naming the setting; the rest of the server receives type
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +68,34 @@ class Settings(BaseSettings):
         ge=1,
         description="prompt tokens prefilled per step while other requests decode (chunked prefill)",
     )
+    max_stop_sequences: int = Field(
+        4, ge=0, description="most stop sequences a request may give (TGI and OpenAI: 4)"
+    )
+    max_stop_sequence_chars: int = Field(
+        256, ge=1, description="longest stop sequence accepted, in characters"
+    )
+    max_backtracks: int = Field(
+        64, ge=0, description="largest max_backtracks a request may ask for"
+    )
+    max_backtrack_depth: int = Field(
+        64, ge=1, description="largest max_backtrack_depth a request may ask for"
+    )
+    max_input_chars: int = Field(
+        65536,
+        ge=1,
+        description="longest prompt (all chat messages together) in characters, refused before "
+        "it is tokenised",
+    )
+    max_request_bytes: int = Field(
+        2_000_000,
+        ge=1,
+        description="largest request body in bytes (TGI's payload_limit); beyond: 413",
+    )
+    health_stall_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds one worker turn may take before /health answers 503 (wedged worker)",
+    )
     request_timeout: float = Field(
         300.0, gt=0, description="seconds before a request ends with finish_reason timeout"
     )
@@ -89,9 +118,32 @@ class Settings(BaseSettings):
         resolve_device(value)  # raises ValueError naming the problem
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would compare equal to an empty header: protected in name only.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty; unset BACKTRACK_API_KEY to run without a key")
+        return value
+
+    @property
+    def exposed_without_key(self) -> bool:
+        """Listening beyond loopback with no API key: whoever reaches the port may generate."""
+        return self.api_key is None and not is_loopback(self.host)
+
     @property
     def served_model_id(self) -> str:
         return self.model_id or self.checkpoint.resolve().name
+
+
+def is_loopback(host: str) -> bool:
+    """`127.0.0.1`, `::1`, `localhost`: reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it can be reached from outside
+        return False
 
 
 def load_settings(argv: list[str] | None = None) -> Settings:

@@ -17,10 +17,15 @@ INDEX_PAGE = STATIC_DIR / "index.html"
 router = APIRouter(tags=["service"])
 
 
-@router.get("/health", summary="200 once the model can serve, 503 while it loads")
+@router.get(
+    "/health", summary="200 once the model can serve; 503 while it loads or if the worker failed"
+)
 async def health(request: Request) -> JSONResponse:
     if request.app.state.service is None:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+    problem = request.app.state.engine.problem()
+    if problem is not None:  # dead or wedged worker: the orchestrator should restart us
+        return JSONResponse({"status": "unhealthy", "error": problem}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -30,22 +35,28 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
     served, limits = service.served, service.limits
     return {
         "model_id": served.model_id,
-        "model_path": str(served.path),
         "model_dtype": str(served.dtype).removeprefix("torch."),
         "model_device_type": served.device.type,
         "backtrack_token": served.backtrack_token,
         "backtrack_token_id": served.backtrack_id,
         "objective": served.metadata.objective,
         "task": served.metadata.task,
-        "max_input_tokens": min(limits.max_input_tokens, served.max_context - 1),
+        "max_input_tokens": service.input_token_limit,
+        "max_input_chars": limits.max_input_chars,
         "max_new_tokens": limits.max_new_tokens,
         "default_max_new_tokens": limits.default_max_new_tokens,
         "max_context": served.max_context,
+        "max_stop_sequences": limits.max_stop_sequences,
+        "max_stop_sequence_chars": limits.max_stop_sequence_chars,
+        "max_backtracks": limits.max_backtracks,
+        "max_backtrack_depth": limits.max_backtrack_depth,
+        "max_request_bytes": settings.max_request_bytes,
         "max_concurrent_requests": settings.max_concurrent_requests,
         "max_queue_size": settings.max_queue_size,
         "max_batch_total_tokens": settings.max_batch_total_tokens,
         "max_batch_prefill_tokens": settings.max_batch_prefill_tokens,
         "request_timeout": settings.request_timeout,
+        "health_stall_timeout": settings.health_stall_timeout,
         "modes": ["rewind", "keep"],
         "backtrack_policies": ["argmax", "threshold", "sample", "never"],
         "version": server.__version__,

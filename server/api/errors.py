@@ -34,7 +34,7 @@ class ApiError(Exception):
 def error_response(request: Request, error: ApiError) -> JSONResponse:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None and request.method == "POST":
-        metrics.rejected_requests.labels(request.url.path, error.error_type).inc()
+        metrics.rejected_requests.labels(endpoint_label(request), error.error_type).inc()
     if request.url.path.startswith("/v1/"):
         body: dict = {
             "error": {
@@ -49,6 +49,16 @@ def error_response(request: Request, error: ApiError) -> JSONResponse:
         if error.field is not None:
             body["field"] = error.field
     return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def endpoint_label(request: Request) -> str:
+    """The matched route's template, never the raw path: anyone can POST to made-up paths,
+    and one label value per path would grow /metrics and memory without bound."""
+    path = getattr(request.scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    known = {getattr(route, "path", None) for route in request.app.routes}
+    return request.url.path if request.url.path in known else "unmatched"
 
 
 def field_name(location: tuple | list) -> str:

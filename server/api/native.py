@@ -25,9 +25,12 @@ from server.service import GenerationService
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["generation"])
 
 
-def _submit(service: GenerationService, body: GenerateRequest, endpoint: str, hold: bool) -> Stream:
+async def _submit(
+    service: GenerationService, body: GenerateRequest, endpoint: str, hold: bool
+) -> Stream:
+    """Parameters checked first (cheap), then the prompt tokenised off the event loop."""
     params = tgi_params(body.parameters, service.limits)
-    prompt_ids = service.encode_completion(body.inputs, "inputs")
+    prompt_ids = await service.encode_completion(body.inputs, "inputs")
     if body.parameters.hold_back_deletable is not None:
         hold = body.parameters.hold_back_deletable
     return service.submit(prompt_ids, params, endpoint, hold_back_deletable=hold)
@@ -36,14 +39,14 @@ def _submit(service: GenerationService, body: GenerateRequest, endpoint: str, ho
 @router.post("/generate", summary="Generate text (JSON, or the native SSE stream with stream=true)")
 async def generate(body: GenerateRequest, request: Request, service: Service) -> Any:
     if body.stream:
-        stream = _submit(service, body, "/generate", hold=False)
+        stream = await _submit(service, body, "/generate", hold=False)
         return sse_response(stream, native_frames)
     return await _generate_json(body, request, service, "/generate")
 
 
 @router.post("/generate_stream", summary="TGI's streaming format (plain data: lines)")
 async def generate_stream(body: GenerateRequest, service: Service) -> Response:
-    stream = _submit(service, body, "/generate_stream", hold=True)
+    stream = await _submit(service, body, "/generate_stream", hold=True)
     return sse_response(stream, TgiRenderer(service, body.parameters.details).frames)
 
 
@@ -57,7 +60,7 @@ async def compat_generate(body: GenerateRequest, request: Request, service: Serv
 async def _generate_json(
     body: GenerateRequest, request: Request, service: GenerationService, endpoint: str
 ) -> dict[str, Any]:
-    stream = _submit(service, body, endpoint, hold=False)
+    stream = await _submit(service, body, endpoint, hold=False)
     events, done = await collect(stream, request)
     if done.finish_reason == "error":
         raise ApiError(424, "generation failed; see the server log", "generation")

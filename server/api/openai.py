@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from backtrack.events import BacktrackEvent, DoneEvent, TokenEvent, event_payload
+from backtrack.params import GenerationParams
 from server.api.deps import Service, require_api_key
 from server.api.errors import ApiError
 from server.api.formats import openai_finish_reason
@@ -41,25 +42,28 @@ async def completions(body: CompletionRequest, request: Request, service: Servic
         prompt = body.prompt[0]
     else:
         prompt = body.prompt
-    prompt_ids = service.encode_completion(prompt, "prompt")
-    return await _serve(body, prompt_ids, Shape.completion(body, service), request, service)
+    params = openai_params(body, service.limits)
+    prompt_ids = await service.encode_completion(prompt, "prompt")
+    shape = Shape.completion(body, service)
+    return await _serve(body, params, prompt_ids, shape, request, service)
 
 
 @router.post("/chat/completions", summary="OpenAI chat completions, streaming or not")
 async def chat_completions(body: ChatCompletionRequest, request: Request, service: Service) -> Any:
+    params = openai_params(body, service.limits)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt_ids = service.encode_chat(messages, "messages")
-    return await _serve(body, prompt_ids, Shape.chat(body, service), request, service)
+    prompt_ids = await service.encode_chat(messages, "messages")
+    return await _serve(body, params, prompt_ids, Shape.chat(body, service), request, service)
 
 
 async def _serve(
     body: CompletionRequest | ChatCompletionRequest,
+    params: GenerationParams,
     prompt_ids: list[int],
     shape: Shape,
     request: Request,
     service: GenerationService,
 ) -> Any:
-    params = openai_params(body, service.limits)
     stream = service.submit(prompt_ids, params, shape.endpoint, body.hold_back_deletable)
     if body.stream:
         return sse_response(stream, shape.frames)

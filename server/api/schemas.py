@@ -173,19 +173,54 @@ def build_params(
     """GenerationParams from request fields; InvalidParameter names the request's own field."""
     if max_new_tokens is None:
         max_new_tokens = min(limits.default_max_new_tokens, limits.max_new_tokens)
-    if max_new_tokens > limits.max_new_tokens:
-        raise InvalidParameter(
-            f"{field_prefix}{max_tokens_name}",
-            f"must be at most {limits.max_new_tokens} (got {max_new_tokens})",
-        )
+    _at_most(f"{field_prefix}{max_tokens_name}", max_new_tokens, limits.max_new_tokens)
+    check_stop(stop, limits, f"{field_prefix}stop")
     values = {key: value for key, value in sampling.items() if value is not None}
-    values.update(options.model_dump(exclude_none=True, include=set(BacktrackOptions.model_fields)))
+    values.update(backtrack_values(options, limits, field_prefix))
     try:
         return GenerationParams(max_new_tokens=max_new_tokens, stop=stop, **values)
     except InvalidParameter as error:
         message = str(error).removeprefix(error.field).strip()
         name = max_tokens_name if error.field == "max_new_tokens" else error.field
         raise InvalidParameter(f"{field_prefix}{name}", message) from None
+
+
+def _at_most(field: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise InvalidParameter(field, f"must be at most {limit} (got {value})")
+
+
+def check_stop(stop: list[str], limits: Limits, field: str) -> None:
+    """Stop sequences are matched at every step for every row: their number and length cost
+    the whole batch, so both are capped (TGI's and OpenAI's limit is 4 sequences)."""
+    if len(stop) > limits.max_stop_sequences:
+        raise InvalidParameter(
+            field, f"has {len(stop)} sequences; the limit is {limits.max_stop_sequences}"
+        )
+    longest = max(map(len, stop), default=0)
+    if longest > limits.max_stop_sequence_chars:
+        raise InvalidParameter(
+            field,
+            f"has a sequence of {longest} characters; "
+            f"the limit is {limits.max_stop_sequence_chars}",
+        )
+
+
+def backtrack_values(options: BacktrackOptions, limits: Limits, prefix: str) -> dict[str, Any]:
+    """The backtrack options given, within this server's caps; unset caps default to at most
+    the server's cap, so a lowered cap never refuses a request that did not ask."""
+    values = options.model_dump(exclude_none=True, include=set(BacktrackOptions.model_fields))
+    caps = {
+        "max_backtracks": limits.max_backtracks,
+        "max_backtrack_depth": limits.max_backtrack_depth,
+    }
+    defaults = GenerationParams()
+    for name, cap in caps.items():
+        if name in values:
+            _at_most(f"{prefix}{name}", values[name], cap)
+        else:
+            values[name] = min(getattr(defaults, name), cap)
+    return values
 
 
 def tgi_params(parameters: Parameters, limits: Limits) -> GenerationParams:
@@ -240,3 +275,41 @@ def openai_params(
         stop=stop,
         max_tokens_name=name,
     )
+
+
+def apply_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Write this server's limits into the OpenAPI schema (maxItems, maxLength, maximum), so
+    clients can read them from `/openapi.json` as well as from `/info`."""
+    bounds = {
+        "stop": {
+            "maxItems": limits.max_stop_sequences,
+            "maxLength": limits.max_stop_sequence_chars,
+        },
+        "max_backtracks": {"maximum": limits.max_backtracks},
+        "max_backtrack_depth": {"maximum": limits.max_backtrack_depth},
+        "max_new_tokens": {"maximum": limits.max_new_tokens},
+        "max_tokens": {"maximum": limits.max_new_tokens},
+        "max_completion_tokens": {"maximum": limits.max_new_tokens},
+        "inputs": {"maxLength": limits.max_input_chars},
+        "prompt": {"maxLength": limits.max_input_chars},
+    }
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        for name, prop in component.get("properties", {}).items():
+            if name in bounds:
+                _bound(prop, bounds[name])
+    return schema
+
+
+def _bound(prop: dict[str, Any], bounds: dict[str, int]) -> None:
+    """Put each bound on the branch of the property's type it applies to."""
+    for branch in prop.get("anyOf", [prop]):
+        kind = branch.get("type")
+        if kind == "array":
+            if "maxItems" in bounds:
+                branch["maxItems"] = bounds["maxItems"]
+            if "maxLength" in bounds:
+                branch.setdefault("items", {})["maxLength"] = bounds["maxLength"]
+        elif kind == "string" and "maxLength" in bounds:
+            branch["maxLength"] = bounds["maxLength"]
+        elif kind == "integer" and "maximum" in bounds:
+            branch["maximum"] = bounds["maximum"]

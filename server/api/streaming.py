@@ -2,7 +2,10 @@
 
 Streaming: Starlette cancels the response's iterator when the client sends `http.disconnect`;
 the `finally` below then cancels the request, which the worker sees at its next step and frees
-the cache. Non-streaming: the generation races a task that waits for `http.disconnect`.
+the cache. A client that leaves before the first frame (while the headers are being sent) ends
+the response before the iterator ever starts, so its `finally` never runs: `CancellingResponse`
+cancels the request whenever the response ends, however it ends. Non-streaming: the generation
+races a task that waits for `http.disconnect`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from backtrack.events import DoneEvent, Event
 from server.api.errors import ApiError
@@ -47,7 +51,22 @@ def sse_response(stream: Stream, render: Renderer) -> StreamingResponse:
             if stream.done is None:
                 stream.cancel()
 
-    return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return CancellingResponse(stream, frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+class CancellingResponse(StreamingResponse):
+    """A streaming response that cancels its generation when it ends without `done`."""
+
+    def __init__(self, stream: Stream, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.stream.done is None:
+                self.stream.cancel()
 
 
 async def collect(stream: Stream, request: Request) -> tuple[list[Event], DoneEvent]:
