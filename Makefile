@@ -55,8 +55,9 @@ eval: install ## evaluate CHECKPOINT on the held-out synthetic set, writes <chec
 
 SEEDS ?= 0 1 2
 SEED_THREADS ?= 1 2
+SEED_JOBS ?= 2
 eval-seeds: install ## train and evaluate CONFIG for every seed x thread count, table in runs/seeds/summary.md
-	$(PY) -m training.seeds --config $(CONFIG) --seeds $(SEEDS) --threads $(SEED_THREADS) --out runs/seeds
+	$(PY) -m training.seeds --config $(CONFIG) --seeds $(SEEDS) --threads $(SEED_THREADS) --jobs $(SEED_JOBS) --out runs/seeds
 
 serve: install $(CHECKPOINT)/backtrack.json ## serve CHECKPOINT on HOST:PORT (trains the default first if missing)
 	$(PY) -m server --checkpoint $(CHECKPOINT) --host $(HOST) --port $(PORT)

@@ -52,6 +52,8 @@ class DataConfig:
     """Held-out problems (never in the training split); evaluation uses the same split."""
     seed: int = 1234
     """Fixes the synthetic splits; changing it changes which problems are held out."""
+    short_operand_share: float = 0.0
+    """Synthetic task: the share of training operands with fewer digits (held-out ones never)."""
     train_file: str | None = None
     """JSONL with `prompt`/`response` or GSM8K's `question`/`answer` on every line."""
     eval_file: str | None = None
@@ -154,6 +156,7 @@ class Config:
             "set when data.task is null",
         )
         _require(self.data.digits >= 1, "data.digits", "at least 1")
+        _require(0 <= self.data.short_operand_share <= 1, "data.short_operand_share", "in [0, 1]")
         _require(
             self.data.prompt_format in ("auto", *PROMPT_FORMATS),
             "data.prompt_format",

@@ -1,12 +1,21 @@
-"""The bundled synthetic task: multi-digit addition, checkable exactly, with no download.
+"""The bundled synthetic tasks, checkable exactly, with no download.
+
+`addition`, for a model trained from scratch with a character tokenizer:
 
     prompt   "123+456="      operands zero-padded to `digits`
     response "9750"          the sum's digits least significant first, zero-padded to digits+1
 
 Writing the answer least significant first makes every digit a function of the operands and the
 carry from the digit before it, so a small model can learn it one token at a time, and a wrong
-digit is detectable from the context alone. The train and held-out splits are fixed by a seed and
-never share a problem.
+digit is detectable from the context alone.
+
+`word_addition`, for a pretrained model, where pretraining matters: numbers written in English
+words, which a model trained from scratch would first have to learn to read and spell:
+
+    prompt   "Q: What is forty-seven plus eight?\nA:"
+    response " fifty-five"
+
+Each task's train and held-out splits are fixed by a seed and never share a problem.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-TASKS = ("addition",)
+TASKS = ("addition", "word_addition")
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,8 @@ class Problem:
 class AdditionTask:
     digits: int = 3
     seed: int = 1234
+    short_operand_share: float = 0.0
+    """Training operands drawn with fewer digits (zero-padded), each with this probability."""
 
     def problem(self, a: int, b: int) -> Problem:
         width = self.digits
@@ -50,13 +61,90 @@ class AdditionTask:
             held_out.add((rng.randrange(limit), rng.randrange(limit)))
         train: list[Problem] = []
         while len(train) < train_size:
-            pair = (rng.randrange(limit), rng.randrange(limit))
+            pair = (self._operand(rng), self._operand(rng))
             if pair not in held_out:
                 train.append(self.problem(*pair))
         return train, [self.problem(a, b) for a, b in sorted(held_out)]
 
+    def _operand(self, rng: random.Random) -> int:
+        """A training operand: mostly full width; short ones give every digit position examples
+        where it alone carries the answer, which is how each position's alignment gets learned."""
+        width = self.digits
+        if width > 1 and self.short_operand_share and rng.random() < self.short_operand_share:
+            width = rng.randint(1, self.digits - 1)
+        return rng.randrange(10**width)
 
-def load_task(name: str, digits: int, seed: int) -> AdditionTask:
+
+ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+def number_words(number: int) -> str:
+    """0..999 in English words, as written in prose: `forty-seven`, `one hundred eight`."""
+    if not 0 <= number < 1000:
+        raise ValueError(f"number_words covers 0..999, got {number}")
+    hundreds, rest = divmod(number, 100)
+    words = [f"{ONES[hundreds]} hundred"] if hundreds else []
+    if rest or not hundreds:
+        tens, ones = divmod(rest, 10)
+        if rest < 20:
+            words.append(ONES[rest])
+        else:
+            words.append(TENS[tens] + (f"-{ONES[ones]}" if ones else ""))
+    return " ".join(words)
+
+
+@dataclass(frozen=True)
+class WordAdditionTask:
+    """A number up to `max_first` plus one up to `max_second`, question and answer in words."""
+
+    max_first: int = 99
+    max_second: int = 19
+    seed: int = 1234
+
+    def problem(self, a: int, b: int) -> Problem:
+        question = f"Q: What is {number_words(a)} plus {number_words(b)}?\nA:"
+        return Problem(question, " " + number_words(a + b))
+
+    def splits(self, train_size: int, eval_size: int) -> tuple[list[Problem], list[Problem]]:
+        """Disjoint (train, eval) lists; training problems drawn with replacement from the rest."""
+        pairs = [(a, b) for a in range(self.max_first + 1) for b in range(1, self.max_second + 1)]
+        if eval_size >= len(pairs):
+            raise ValueError(f"data.eval_size must be below {len(pairs)} for word_addition")
+        rng = random.Random(self.seed)
+        rng.shuffle(pairs)
+        held_out, rest = pairs[:eval_size], pairs[eval_size:]
+        train = [self.problem(*rng.choice(rest)) for _ in range(train_size)]
+        return train, [self.problem(a, b) for a, b in sorted(held_out)]
+
+
+Task = AdditionTask | WordAdditionTask
+
+
+def load_task(name: str, digits: int, seed: int, short_operand_share: float = 0.0) -> Task:
     if name not in TASKS:
         raise ValueError(f"data.task must be one of {TASKS}, got {name!r}")
-    return AdditionTask(digits=digits, seed=seed)
+    if name == "word_addition":
+        return WordAdditionTask(seed=seed)
+    return AdditionTask(digits=digits, seed=seed, short_operand_share=short_operand_share)

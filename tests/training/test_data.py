@@ -9,7 +9,7 @@ import pytest
 from backtrack.tiny import build_char_tokenizer
 from training.config import DataConfig
 from training.data import encode, load_problems, prompt_encoder, read_jsonl
-from training.tasks import AdditionTask, Problem
+from training.tasks import AdditionTask, Problem, WordAdditionTask, number_words
 
 
 def write_jsonl(path, rows) -> str:
@@ -64,3 +64,36 @@ def test_the_splits_are_fixed_by_the_seed_and_never_overlap():
     assert first[1] == AdditionTask(seed=7).splits(10, 50)[1]  # held out whatever train_size
     assert first[1] != AdditionTask(seed=8).splits(2000, 50)[1]
     assert not {p.prompt for p in first[0]} & {p.prompt for p in first[1]}
+
+
+def test_numbers_are_written_the_way_prose_writes_them():
+    assert [number_words(n) for n in (0, 7, 13, 40, 47, 100, 108, 118)] == [
+        "zero",
+        "seven",
+        "thirteen",
+        "forty",
+        "forty-seven",
+        "one hundred",
+        "one hundred eight",
+        "one hundred eighteen",
+    ]
+
+
+def test_the_word_task_asks_and_answers_in_words_and_never_tests_on_training_problems():
+    task = WordAdditionTask(seed=3)
+    assert task.problem(47, 8) == Problem("Q: What is forty-seven plus eight?\nA:", " fifty-five")
+    train, held_out = task.splits(3000, 100)
+    assert len(held_out) == len(set(held_out)) == 100
+    assert not set(held_out) & set(train)
+    assert held_out == WordAdditionTask(seed=3).splits(10, 100)[1]
+
+
+def test_short_operands_shape_only_the_training_split():
+    every_short = AdditionTask(seed=5, short_operand_share=1.0)
+    train, held_out = every_short.splits(500, 50)
+    operands = [int(part) for p in train for part in p.prompt[:-1].split("+")]
+    assert max(operands) < 100
+    assert held_out == AdditionTask(seed=5).splits(500, 50)[1]
+    assert AdditionTask(seed=5, short_operand_share=0.0).splits(500, 50) == AdditionTask(
+        seed=5
+    ).splits(500, 50)

@@ -32,7 +32,8 @@ def test_the_table_reports_the_worst_run_not_only_the_mean():
     assert repair["runs"] == pytest.approx({"seed0-threads1": 0.9, "seed1-threads1": 0.3})
     assert table["recovery, wrong non-digit"]["min"] is None  # not reported: shown as "-"
     text = markdown(table)
-    assert "| error repair T=2 | 30.0% | 60.0% | 90.0% | 90.0% | 30.0% |" in text
+    assert "| error repair T=2 | >= 75%: no | 30.0% | 60.0% | 90.0% | 90.0% | 30.0% |" in text
+    assert "| false backtracks | <= 1%: yes |" in text
     # computed from the accuracies even where plain decoding is above 90% (eval.json omits it)
     figures = eval_figures(1.0, 0.5)
     figures["accuracy"]["T=1.5"] = {"plain": 0.92, "rewind": 0.98}
