@@ -280,6 +280,11 @@ class Engine:
         self._thread.join(timeout=5)
 
     @property
+    def shutdown_deadline(self) -> float | None:
+        """When running requests end (`shutdown`), on the monotonic clock; None until SIGTERM."""
+        return self._shutdown_deadline
+
+    @property
     def running(self) -> int:
         return len(self._running)
 

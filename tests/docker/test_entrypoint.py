@@ -161,7 +161,7 @@ def test_what_train_writes_is_what_serve_serves(tmp_path):
     run_checker([str(ENTRYPOINT), "train"], env=host_env(CONFIG=str(config_path)))
     with entrypoint_server(checkpoint, tmp_path / "server.log") as server:
         info = httpx.get(f"{server.url}/info", timeout=10.0).json()
-        assert info["model_path"] == str(checkpoint)
+        assert info["model_id"] == checkpoint.name  # the id only: /info shows no host path
         answer = httpx.post(
             f"{server.url}/generate",
             json={"inputs": "123+456=", "parameters": {"max_new_tokens": 3}},

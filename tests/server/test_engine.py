@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from backtrack.events import DoneEvent, TokenEvent
 from backtrack.params import GenerationParams
-from server.engine import Engine, GenerationRequest, QueueFull, Stream
+from server.app import create_app
+from server.engine import Engine, EngineDown, GenerationRequest, QueueFull, Stream
 from server.loading import ServedModel, load_served_model
 from server.metrics import Metrics
+from server.service import GenerationService, Limits
 from server.settings import Settings
-from tests.server.conftest import LOOP_PROMPT
+from tests.server.conftest import LOOP_PROMPT, PROMPT
 
 
 @pytest.fixture
@@ -30,8 +35,10 @@ def served(scripted_checkpoint_dir) -> ServedModel:
 def make_engine(served) -> Iterator:
     engines: list[Engine] = []
 
-    def make(max_running: int = 4, max_waiting: int = 4) -> Engine:
-        engine = Engine(served, Metrics(), max_running=max_running, max_waiting=max_waiting)
+    def make(max_running: int = 4, max_waiting: int = 4, **options: float) -> Engine:
+        engine = Engine(
+            served, Metrics(), max_running=max_running, max_waiting=max_waiting, **options
+        )
         engine.start()
         engines.append(engine)
         return engine
@@ -109,3 +116,138 @@ async def test_a_waiting_request_ends_without_waiting_for_a_slot(make_engine, se
     assert done.finish_reason == "timeout"
     assert engine.running == 1
     running.cancel()
+
+
+async def collect(stream: Stream) -> list:
+    return [event async for event in stream]
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_a_fault_outside_the_step_ends_only_its_request(make_engine, served, monkeypatch):
+    """A bookkeeping fault (here: decoding a token's text) ends that request with `error`;
+    the request beside it and the ones after it are served as usual."""
+    engine = make_engine()
+    record = engine._record
+
+    def faulty(job, events) -> None:
+        if job.request.endpoint == "faulty" and any(isinstance(e, TokenEvent) for e in events):
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        record(job, events)
+
+    monkeypatch.setattr(engine, "_record", faulty)
+    bad_request = loop_request(served, 30)
+    bad_request.endpoint = "faulty"
+    bad = engine.submit(bad_request)
+    good = engine.submit(loop_request(served, 30))
+    bad_events = await asyncio.wait_for(collect(bad), 10)
+    good_events = await asyncio.wait_for(collect(good), 10)
+    assert bad_events[-1].finish_reason == "error"
+    assert good_events[-1].finish_reason == "length"
+    assert good_events[-1].generated_tokens == 30
+    after = await asyncio.wait_for(collect(engine.submit(loop_request(served, 5))), 10)
+    assert after[-1].finish_reason == "length"
+    assert engine.problem() is None
+    assert engine.running == 0 and engine.decoder.kv.tokens_held() == 0
+
+
+class WorkerKilled(BaseException):
+    """Something no `except Exception` catches: the worker thread dies."""
+
+
+def app_client(served, engine: Engine) -> httpx.AsyncClient:
+    """The real app around an engine, without the lifespan (no second model load)."""
+    settings = Settings(checkpoint=served.path, device="cpu")
+    app = create_app(settings)
+    app.state.engine = engine
+    app.state.service = GenerationService(served, engine, Limits.from_settings(settings), 30)
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+@pytest.mark.anyio
+async def test_a_dead_worker_ends_every_request_and_turns_health_to_503(
+    make_engine, served, monkeypatch
+):
+    engine = make_engine(max_running=1)
+    running = engine.submit(loop_request(served, 4000))
+    await first_event(running)
+    waiting = engine.submit(loop_request(served, 10))
+
+    def die() -> None:
+        raise WorkerKilled
+
+    monkeypatch.setattr(engine, "_turn", die)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # expected death, no noise
+    assert (await asyncio.wait_for(collect(running), 10))[-1].finish_reason == "error"
+    assert (await asyncio.wait_for(collect(waiting), 10))[-1].finish_reason == "error"
+    wait_until(lambda: engine.problem() is not None)
+    assert engine.problem() == "the engine worker stopped"
+    with pytest.raises(EngineDown):
+        engine.submit(loop_request(served, 10))
+    async with app_client(served, engine) as client:
+        health = await client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unhealthy"
+        refused = await client.post("/generate", json={"inputs": PROMPT})
+        assert refused.status_code == 503
+        assert refused.json()["error_type"] == "unavailable"
+
+
+@pytest.mark.anyio
+async def test_a_stuck_worker_turns_health_to_503_and_streams_give_up(
+    make_engine, served, monkeypatch
+):
+    """A step that never returns: /health says so, and a stream ends (`timeout`) by itself
+    once its request timeout and the stall allowance have passed."""
+    engine = make_engine(stall_timeout=0.2)
+    release = threading.Event()
+    step = engine.decoder.step
+
+    def stuck():
+        release.wait(30)
+        return step()
+
+    monkeypatch.setattr(engine.decoder, "step", stuck)
+    stream = engine.submit(loop_request(served, 4000, timeout=0.1))
+    try:
+        events = await asyncio.wait_for(collect(stream), 10)
+        assert events[-1].finish_reason == "timeout"
+        assert "stuck" in (engine.problem() or "")
+        async with app_client(served, engine) as client:
+            assert (await client.get("/health")).status_code == 503
+    finally:
+        release.set()
+    wait_until(lambda: engine.problem() is None)
+
+
+@pytest.mark.anyio
+async def test_a_second_sigterm_never_moves_the_shutdown_deadline_later(make_engine, served):
+    engine = make_engine()
+    engine.begin_shutdown(5.0)
+    first = engine.shutdown_deadline
+    engine.begin_shutdown(5.0)
+    engine.begin_shutdown(600.0)
+    assert engine.shutdown_deadline == first
+    engine.begin_shutdown(0.0)  # an earlier deadline (stop()) still wins
+    assert engine.shutdown_deadline is not None and engine.shutdown_deadline < first
+
+
+@pytest.mark.anyio
+async def test_a_post_after_sigterm_is_503_with_retry_after(make_engine, served):
+    engine = make_engine()
+    engine.begin_shutdown(10.0)
+    async with app_client(served, engine) as client:
+        for route, body in [
+            ("/generate", {"inputs": PROMPT}),
+            ("/v1/completions", {"prompt": PROMPT}),
+        ]:
+            response = await client.post(route, json=body)
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "5"

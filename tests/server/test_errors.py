@@ -146,3 +146,39 @@ def test_root_serves_the_web_page(server):
     response = httpx.get(f"{server.url}/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
+
+
+def test_the_x_api_key_header_is_accepted(server):
+    response = httpx.post(
+        f"{server.url}/generate", json={"inputs": PROMPT}, headers={"x-api-key": API_KEY}
+    )
+    assert response.status_code == 200
+    wrong = httpx.post(
+        f"{server.url}/generate", json={"inputs": PROMPT}, headers={"x-api-key": "wrong"}
+    )
+    assert wrong.status_code == 401
+
+
+def test_openai_stop_given_as_a_string(client):
+    answer = client.post("/v1/completions", json={"prompt": PROMPT, "stop": "o"}).json()
+    assert answer["choices"][0]["text"] == "2 "
+    assert answer["choices"][0]["finish_reason"] == "stop"
+
+
+def sampled_texts(client, **parameters) -> set[str]:
+    """What five seeds sample at a hot temperature (BT is still decided untempered)."""
+    texts = set()
+    for seed in range(5):
+        sampling = {"do_sample": True, "temperature": 5.0, "seed": seed, **parameters}
+        body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 8, **sampling}}
+        texts.add(client.post("/generate", json=body).json()["generated_text"])
+    return texts
+
+
+def test_hot_sampling_without_top_p_or_min_p_wanders(client):
+    assert sampled_texts(client) != {"2 ok"}
+
+
+@pytest.mark.parametrize("parameters", [{"top_p": 0.01}, {"min_p": 0.99}])
+def test_top_p_and_min_p_keep_only_the_likeliest_token(client, parameters):
+    assert sampled_texts(client, **parameters) == {"2 ok"}

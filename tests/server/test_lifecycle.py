@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +22,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.server.conftest import LOOP_PROMPT, PROMPT
 from tests.server.sse import parse_sse
-from tests.serving import REPO_ROOT, running_server, settings_env
+from tests.serving import REPO_ROOT, free_port, running_server, settings_env
 
 
 def start(checkpoint: Path | str, **settings: object) -> subprocess.CompletedProcess:
@@ -114,3 +117,58 @@ def test_sigterm_finishes_short_streams_and_ends_long_ones(scripted_checkpoint_d
     assert short_done.event == long_done.event == "done"
     assert short_done.json()["finish_reason"] == "length"
     assert long_done.json()["finish_reason"] == "shutdown"
+
+
+def test_an_empty_api_key_stops_start_up_naming_it(tiny_checkpoint_dir):
+    result = start(tiny_checkpoint_dir, api_key="")
+    assert result.returncode == 2
+    assert "api_key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_listening_beyond_loopback_without_a_key_warns(scripted_checkpoint_dir):
+    with running_server(scripted_checkpoint_dir, host="0.0.0.0") as server:
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        assert "without an API key" in server.logs()
+    with running_server(scripted_checkpoint_dir) as server:
+        assert "without an API key" not in server.logs()
+
+
+def test_sigterm_while_the_checkpoint_loads_exits_within_the_shutdown_timeout(
+    scripted_checkpoint_dir, tmp_path
+):
+    """Loading that never ends (its metadata file is a FIFO nobody writes) must not hold
+    the process past SIGTERM."""
+    checkpoint = tmp_path / "hanging"
+    shutil.copytree(scripted_checkpoint_dir, checkpoint)
+    (checkpoint / "backtrack.json").unlink()
+    os.mkfifo(checkpoint / "backtrack.json")
+    port = free_port()
+    env = settings_env(checkpoint, {"port": port, "shutdown_timeout": 2})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_status(f"http://127.0.0.1:{port}/health", 503)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_for_status(url: str, status: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == status:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} never answered {status}")

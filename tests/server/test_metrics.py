@@ -13,6 +13,7 @@ from tests.server.sse import stream_events
 
 CONTRACT = {
     "backtrack_requests": "counter",
+    "backtrack_rejected_requests": "counter",
     "backtrack_generated_tokens": "counter",
     "backtrack_prompt_tokens": "counter",
     "backtrack_backtracks": "counter",
@@ -35,6 +36,7 @@ CONTRACT = {
 
 
 def test_exposition_parses_and_has_every_metric(server):
+    httpx.post(f"{server.url}/generate", json={"inputs": PROMPT})  # a refusal: 401
     text = httpx.get(f"{server.url}/metrics").text
     families = {family.name: family.type for family in text_string_to_metric_families(text)}
     assert {name: families.get(name) for name in CONTRACT} == CONTRACT
@@ -123,3 +125,23 @@ def test_concurrent_streams_share_batched_steps_and_the_metrics_add_up(server):
     assert delta("backtrack_decode_step_seconds_count") == steps
     assert value(after, "backtrack_kv_cache_tokens") == 0
     assert value(after, "backtrack_kv_cache_reserved_tokens") == 0
+
+
+def test_posts_to_made_up_paths_do_not_grow_the_metrics(server):
+    """Labels are route templates: 200 made-up paths add one label set, not 200."""
+    before = httpx.get(f"{server.url}/metrics").text.count("\n")
+    for index in range(200):
+        assert httpx.post(f"{server.url}/made-up/{index}", json={}).status_code == 404
+    httpx.post(f"{server.url}/health", json={})  # 405 on a real path: its template
+    samples = scrape(server.url)
+    rejected = {
+        dict(labels)["endpoint"]
+        for name, labels in samples
+        if name == "backtrack_rejected_requests_total"
+    }
+    assert not any(endpoint.startswith("/made-up") for endpoint in rejected)
+    assert (
+        value(samples, "backtrack_rejected_requests_total", endpoint="unmatched", reason="http")
+        >= 200
+    )
+    assert httpx.get(f"{server.url}/metrics").text.count("\n") <= before + 10

@@ -41,3 +41,45 @@ def test_bad_values_name_the_setting(monkeypatch, argv, env, named):
         monkeypatch.setenv(key, value)
     with pytest.raises(SettingsError, match=named):
         load_settings(argv)
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_api_key_is_refused_not_taken_for_protection(monkeypatch, key):
+    monkeypatch.setenv("BACKTRACK_API_KEY", key)
+    with pytest.raises(SettingsError, match="api_key"):
+        load_settings([])
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "exposed"),
+    [
+        ("127.0.0.1", None, False),
+        ("::1", None, False),
+        ("localhost", None, False),
+        ("0.0.0.0", None, True),
+        ("example.org", None, True),
+        ("0.0.0.0", "secret", False),
+    ],
+)
+def test_exposed_without_key(monkeypatch, host, key, exposed):
+    if key:
+        monkeypatch.setenv("BACKTRACK_API_KEY", key)
+    assert load_settings(["--host", host]).exposed_without_key is exposed
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("max_stop_sequences", "-1"),
+        ("max_stop_sequence_chars", "0"),
+        ("max_backtracks", "-1"),
+        ("max_backtrack_depth", "0"),
+        ("max_input_chars", "0"),
+        ("max_request_bytes", "0"),
+        ("health_stall_timeout", "0"),
+    ],
+)
+def test_bad_limits_name_the_setting(monkeypatch, name, bad):
+    monkeypatch.setenv(f"BACKTRACK_{name.upper()}", bad)
+    with pytest.raises(SettingsError, match=name):
+        load_settings([])

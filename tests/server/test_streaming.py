@@ -1,0 +1,68 @@
+"""SSE responses cancel their generation however they end, at the ASGI level (no model).
+
+A client that leaves while the response headers are being sent ends the response before its
+frame iterator ever starts; the iterator's own `finally` then never runs, so only the response
+itself can cancel the job (else it would hold a slot until max_new_tokens or the timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+from starlette.requests import ClientDisconnect
+
+from server.api.streaming import sse_response
+from server.engine import Stream
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def render(stream: Stream) -> AsyncIterator[str]:
+    async for event in stream:
+        yield f"data: {event.kind}\n\n"
+
+
+def scope(spec_version: str) -> dict:
+    return {"type": "http", "asgi": {"spec_version": spec_version}, "method": "POST"}
+
+
+async def gone() -> dict:
+    return {"type": "http.disconnect"}
+
+
+@pytest.mark.anyio
+async def test_leaving_while_headers_are_sent_cancels_the_job():
+    """ASGI 2.3 (uvicorn): the disconnect listener wins before the first frame."""
+    stream = Stream(asyncio.get_running_loop(), threading.Condition())
+    started: list[dict] = []
+
+    async def slow_send(message: dict) -> None:
+        started.append(message)
+        await asyncio.sleep(0.05)  # the headers are still on their way
+
+    await sse_response(stream, render)(scope("2.3"), gone, slow_send)
+    assert started and started[0]["type"] == "http.response.start"
+    assert stream.cancel_requested
+
+
+@pytest.mark.anyio
+async def test_a_send_that_fails_on_the_headers_cancels_the_job():
+    """ASGI 2.4: the server reports the vanished client by failing `send`."""
+    stream = Stream(asyncio.get_running_loop(), threading.Condition())
+
+    async def broken_send(message: dict) -> None:
+        raise OSError("connection reset")
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(ClientDisconnect):
+        await sse_response(stream, render)(scope("2.4"), receive, broken_send)
+    assert stream.cancel_requested
