@@ -3,20 +3,18 @@
 `/health` answers 503 until the checkpoint is loaded and the engine runs, then 200, and 503 again
 when the engine worker stops or is stuck in one step (an orchestrator then restarts the
 replica). A checkpoint that cannot be served calls `on_fatal` with a clear message (the CLI then
-exits non-zero). The checkpoint loads on a daemon thread, so SIGTERM during loading exits at
-once instead of waiting for the load to finish.
+exits non-zero). SIGTERM while the checkpoint loads exits at once: uvicorn re-raises the signal
+once it has shut down, so the process never waits for the loading thread (tested).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -36,7 +34,6 @@ from server.service import GenerationService, Limits
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
@@ -97,37 +94,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(app.state.engine.stop)
 
 
-def _in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
-    """Run `function` on a daemon thread: unlike asyncio.to_thread, exit never waits for it."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():  # cancelled: shutting down meanwhile
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = function(), None
-        except BaseException as caught:  # handed to the event loop, which re-raises it
-            result, error = None, caught
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="load-checkpoint", daemon=True).start()
-    return future
-
-
 async def _load(app: FastAPI) -> None:
     """Load the checkpoint off the event loop, so /health can answer 503 meanwhile."""
     settings: Settings = app.state.settings
     log.info("loading checkpoint %s", settings.checkpoint)
     try:
-        served = await _in_daemon_thread(partial(load_served_model, settings))
+        served = await asyncio.to_thread(load_served_model, settings)
     except (CheckpointError, ValueError, OSError) as error:
         app.state.on_fatal(f"cannot serve the checkpoint: {error}")
         return

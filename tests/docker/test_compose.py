@@ -164,3 +164,10 @@ def test_the_readme_recipe_pins_a_replica_to_one_gpu(tmp_path):
     assert "server" in replica["networks"]["default"]["aliases"]
     assert not replica.get("ports")
     assert replica["environment"] == services["server"]["environment"]
+
+
+def test_every_port_is_published_on_loopback_by_default(gpu):
+    """Safe by default on a GPU host: nothing is reachable from outside until asked for."""
+    published = [port for service in gpu.values() for port in service.get("ports", [])]
+    assert published and all(port["host_ip"] == "127.0.0.1" for port in published)
+    assert gpu["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
