@@ -148,6 +148,8 @@ class _Job:
     arrival: float = field(default_factory=time.monotonic)
     row: Row | None = None
     last_token_at: float | None = None
+    holds_reservation: bool = False
+    """Its `reserved_tokens` count in the engine's total (not for a job ended while waiting)."""
 
     @property
     def deadline(self) -> float:
@@ -400,7 +402,9 @@ class Engine:
             if self._reserved + reserved > self.max_batch_total_tokens:
                 break
             self._reserved += reserved
-            admitted.append(self._waiting.popleft())
+            job = self._waiting.popleft()
+            job.holds_reservation = True
+            admitted.append(job)
         self._running.extend(admitted)
         self.metrics.queue_size.set(len(self._waiting))
         self.metrics.running_requests.set(len(self._running))
@@ -459,6 +463,8 @@ class Engine:
         with self._wake:
             if job in self._running:
                 self._running.remove(job)
+            if job.holds_reservation:  # a job ended while waiting never reserved any
+                job.holds_reservation = False
                 self._reserved -= job.reserved_tokens
             if job.row is not None:
                 self._by_row.pop(job.row, None)
