@@ -215,8 +215,9 @@ def format_report(figures: dict) -> str:
         lines.append(f"error repair at {key}: {shown}")
     per_answer = figures["backtracks_per_answer"]
     lines += [
-        f"recovery rate         {100 * figures['recovery_rate']:.1f}% (a wrong digit), "
-        f"{100 * figures.get('recovery_rate_out_of_distribution', 0):.1f}% (a wrong non-digit)",
+        f"recovery rate         {100 * figures['recovery_rate']:.1f}% (a plausible wrong token: "
+        f"a wrong digit, a wrong number word), "
+        f"{100 * figures.get('recovery_rate_out_of_distribution', 0):.1f}% (a token no answer holds)",
         f"false backtrack rate  {100 * figures['false_backtrack_rate']:.2f}%",
         "backtracks per answer "
         + ", ".join(f"{key} {row.get('rewind', 0):.2f}" for key, row in per_answer.items()),
