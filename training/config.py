@@ -122,6 +122,34 @@ class TrainingConfig:
     """Continue from the newest Trainer checkpoint in `<output_dir>/trainer` when one exists."""
     threads: int = 2
     """torch CPU threads (the default machine has two cores)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: far less memory for about a third more time.
+    Under FSDP use the accelerate config's `fsdp_activation_checkpointing` instead."""
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BACKTRACK_ROWS = ("token", "full")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA (and QLoRA) with peft: adapters on the linear layers, BT's rows trained in full."""
+
+    enabled: bool = False
+    r: int = 16
+    """The adapters' rank."""
+    alpha: int = 32
+    """The adapters' scale is alpha / r."""
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Linear layers that get adapters (Llama's names); the output layer never does."""
+    backtrack_rows: str = "token"
+    """`token`: only BT's embedding and output rows train (peft's `trainable_token_indices`),
+    every other row stays frozen; `full`: the whole embedding and output matrices train
+    (`modules_to_save`), several GB of gradients and Adam state more for a 128k vocabulary."""
+    qlora: bool = False
+    """Load the frozen base weights in 4-bit NF4 (bitsandbytes, CUDA only); the merged
+    checkpoint is written from a full-precision reload of the base, never from 4-bit weights."""
 
 
 @dataclass
@@ -130,6 +158,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     backtrack: BacktrackConfig = field(default_factory=BacktrackConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -167,6 +196,14 @@ class Config:
             "training.per_device_train_batch_size",
             "at least 1",
         )
+        lora = self.lora
+        _require(lora.r >= 1, "lora.r", "at least 1")
+        _require(lora.alpha > 0, "lora.alpha", "positive")
+        _require(0 <= lora.dropout < 1, "lora.dropout", "in [0, 1)")
+        _require(bool(lora.target_modules), "lora.target_modules", "a non-empty list")
+        _require(
+            lora.backtrack_rows in BACKTRACK_ROWS, "lora.backtrack_rows", f"one of {BACKTRACK_ROWS}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,6 +214,7 @@ SECTIONS: dict[Any, type] = {
     "DataConfig": DataConfig,
     "BacktrackConfig": BacktrackConfig,
     "TrainingConfig": TrainingConfig,
+    "LoraConfig": LoraConfig,
 }
 """Nested sections by their annotation (a string, under `from __future__ import annotations`)."""
 
