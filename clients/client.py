@@ -20,10 +20,11 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import httpx
 
+from backtrack.params import GenerationParams
 from clients.errors import (
     APIConnectionError,
     APIError,
@@ -43,26 +44,21 @@ else:  # typing_extensions comes with torch and pydantic
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-class Parameters(TypedDict, total=False):
-    """Generation parameters; anything left out takes the server's default."""
+REQUEST_OPTIONS: dict[str, Any] = {"details": bool, "hold_back_deletable": bool}
+"""Options of `POST /generate` beside the generation parameters: `details` asks for the
+server's details, `hold_back_deletable` never streams a token a later backtrack could delete."""
 
-    max_new_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
-    repetition_penalty: float
-    do_sample: bool
-    seed: int
-    stop: list[str]
-    details: bool
-    max_backtracks: int
-    max_backtrack_depth: int
-    mode: Literal["rewind", "keep"]
-    backtrack_policy: Literal["argmax", "threshold", "sample", "never"]
-    backtrack_threshold: float
-    hold_back_deletable: bool
-    """Never stream a token a later backtrack could delete (the stream then has no deletions)."""
+Parameters = TypedDict(  # type: ignore[misc]  # built from the one vocabulary, not spelled out
+    "Parameters",
+    {
+        **{name: info.annotation for name, info in GenerationParams.model_fields.items()},
+        **REQUEST_OPTIONS,
+    },
+    total=False,
+)
+"""Generation parameters (`backtrack.params.GenerationParams`, the server's own vocabulary) and
+the request options; anything left out takes the server's default."""
+PARAMETER_NAMES = frozenset(Parameters.__annotations__)
 
 
 @dataclass(frozen=True)
@@ -94,6 +90,10 @@ class Generation:
 
 
 def request_body(inputs: str, parameters: Parameters, stream: bool) -> dict[str, Any]:
+    """The JSON body; a name outside the vocabulary fails here, before any request is sent."""
+    unknown = sorted(set(parameters) - PARAMETER_NAMES)
+    if unknown:
+        raise TypeError(f"unknown generation parameter(s): {', '.join(unknown)}")
     return {"inputs": inputs, "parameters": dict(parameters), "stream": stream}
 
 

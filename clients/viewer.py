@@ -17,8 +17,9 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
+from backtrack.params import describe
 from clients.client import DEFAULT_URL, BacktrackClient, Parameters
 from clients.errors import BacktrackClientError
 from clients.events import DoneEvent
@@ -26,18 +27,34 @@ from clients.render import LineRenderer, Summary, TerminalRenderer
 
 API_KEY_ENV = "BACKTRACK_API_KEY"
 
-# Command-line flags that map one to one onto generation parameters (flag dest == field name).
-_PARAMETER_FLAGS: list[tuple[str, type, str]] = [
-    ("max_new_tokens", int, "longest visible output"),
-    ("temperature", float, "sampling temperature (ordinary tokens only)"),
-    ("top_k", int, "sample among the k most likely tokens"),
-    ("top_p", float, "nucleus sampling mass"),
-    ("repetition_penalty", float, "penalty on tokens already in the context"),
-    ("seed", int, "seed of the sampler, for reproducible runs"),
-    ("max_backtracks", int, "deletions allowed before generation stops"),
-    ("backtrack_threshold", float, "p(BT) above which the threshold policy deletes"),
-]
-_CHOICE_PARAMETERS = ["do_sample", "stop", "mode", "backtrack_policy"]
+_JSON_TYPES: dict[str, type] = {"integer": int, "number": float, "string": str}
+
+
+def add_parameter_flags(
+    parser: argparse.ArgumentParser, parameters: list[dict[str, Any]] | None = None
+) -> list[str]:
+    """One flag per generation parameter of the vocabulary (`backtrack.params.describe`), named
+    after the field (`--max-new-tokens`); returns the field names. Flags left out are not sent,
+    so the server's defaults apply."""
+    group = parser.add_argument_group("generation parameters (default: the server's)")
+    names = []
+    for parameter in describe() if parameters is None else parameters:
+        name, kind = parameter["name"], parameter["type"]
+        flag, text = f"--{name.replace('_', '-')}", _help(parameter)
+        if kind == "boolean":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        elif kind == "array":
+            group.add_argument(flag, action="append", help=f"{text} (repeatable)")
+        elif "choices" in parameter:
+            group.add_argument(flag, choices=parameter["choices"], help=text)
+        else:
+            group.add_argument(flag, type=_JSON_TYPES[kind], help=text)
+        names.append(name)
+    return names
+
+
+def _help(parameter: dict[str, Any]) -> str:
+    return parameter["description"].replace("%", "%%")
 
 
 @dataclass(frozen=True)
@@ -61,16 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--api-key", help=f"bearer key (default: ${API_KEY_ENV})")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per chunk")
-    for name, kind, text in _PARAMETER_FLAGS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
-    parser.add_argument("--do-sample", action="store_true", default=None, help="sample tokens")
-    parser.add_argument("--stop", action="append", help="stop sequence (repeatable)")
-    parser.add_argument("--mode", choices=["rewind", "keep"], help="how deletions edit the cache")
-    parser.add_argument(
-        "--backtrack-policy",
-        choices=["argmax", "threshold", "sample", "never"],
-        help="how the backtrack decision is taken",
-    )
+    parser.set_defaults(parameter_names=add_parameter_flags(parser))
     parser.add_argument(
         "--strike-seconds",
         type=float,
@@ -85,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_options(argv: list[str] | None, stdin: TextIO) -> ViewerOptions:
     args = build_parser().parse_args(argv)
-    names = [name for name, _, _ in _PARAMETER_FLAGS] + _CHOICE_PARAMETERS
+    names = args.parameter_names
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return ViewerOptions(
         prompt=stdin.read() if args.prompt == "-" else args.prompt,

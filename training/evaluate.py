@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from backtrack.batch import decode_all, final_event
 from backtrack.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from backtrack.params import GenerationParams
+from backtrack.params import MODES, BacktrackPolicy, GenerationParams, Mode
 from backtrack.prompts import PromptEncoder
 from training.config import Config, config_from_dict
 from training.data import encode, load_problems
@@ -41,7 +41,6 @@ from training.plots import save_accuracy_plot
 from training.tasks import Problem
 
 TEMPERATURES = (0.0, 1.0, 1.5, 2.0)
-MODES = ("rewind", "keep")
 BATCH_ROWS = 64
 """Problems decoded at once: one batched forward per step advances all of them."""
 REPAIR_BELOW = 0.9
@@ -67,7 +66,7 @@ class RunFigures:
 
 
 def decoding_params(
-    temperature: float, policy: str, mode: str, seed: int, length: int
+    temperature: float, policy: BacktrackPolicy, mode: Mode, seed: int, length: int
 ) -> GenerationParams:
     sampled = temperature > 0
     return GenerationParams(
@@ -75,8 +74,8 @@ def decoding_params(
         do_sample=sampled,
         temperature=temperature if sampled else 1.0,
         seed=seed,
-        mode=mode,  # type: ignore[arg-type]
-        backtrack_policy=policy,  # type: ignore[arg-type]
+        mode=mode,
+        backtrack_policy=policy,
     )
 
 

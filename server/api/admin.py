@@ -9,7 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 import server
+from backtrack.params import MODES, POLICIES, describe
 from server.api.deps import Service
+from server.service import Limits
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 INDEX_PAGE = STATIC_DIR / "index.html"
@@ -57,11 +59,30 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
         "max_batch_prefill_tokens": settings.max_batch_prefill_tokens,
         "request_timeout": settings.request_timeout,
         "health_stall_timeout": settings.health_stall_timeout,
-        "modes": ["rewind", "keep"],
-        "backtrack_policies": ["argmax", "threshold", "sample", "never"],
+        "modes": list(MODES),
+        "backtrack_policies": list(POLICIES),
+        "parameters": parameters(limits),
         "version": server.__version__,
         "router": "backtrack-serving",
     }
+
+
+def parameters(limits: Limits) -> list[dict[str, Any]]:
+    """The request vocabulary (`backtrack.params.describe`) with this server's caps as maxima and
+    its defaults where it changes them: the web page builds its controls from this."""
+    caps = {
+        "max_new_tokens": limits.max_new_tokens,
+        "max_backtracks": limits.max_backtracks,
+        "max_backtrack_depth": limits.max_backtrack_depth,
+    }
+    defaults = {"max_new_tokens": limits.default_max_new_tokens}
+    described = describe()
+    for entry in described:
+        cap = caps.get(entry["name"])
+        if cap is not None:
+            entry["maximum"] = cap
+            entry["default"] = min(defaults.get(entry["name"], entry["default"]), cap)
+    return described
 
 
 @router.get("/metrics", summary="Prometheus exposition")

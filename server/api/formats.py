@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backtrack.events import BacktrackEvent, Event, TokenEvent
+from backtrack.events import Event, VisibleText
 
 TGI_FINISH_REASONS = {"eos": "eos_token", "stop": "stop_sequence", "length": "length"}
 """TGI's names; our other reasons (max_backtracks, timeout, cancelled, shutdown) pass through."""
@@ -31,10 +31,7 @@ class FinalToken:
 
 def final_tokens(events: list[Event]) -> list[FinalToken]:
     """The tokens left on screen once every token and backtrack event is applied."""
-    shown: list[FinalToken] = []
+    visible = VisibleText()
     for event in events:
-        if isinstance(event, TokenEvent):
-            shown.append(FinalToken(event.id, event.text, event.logprob))
-        elif isinstance(event, BacktrackEvent):
-            shown.pop()
-    return shown
+        visible.apply(event)
+    return [FinalToken(token.id, token.text, token.logprob) for token in visible.tokens]

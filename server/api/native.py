@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from backtrack.events import BacktrackEvent, DoneEvent, TokenEvent, event_payload
+from backtrack.events import BacktrackEvent, DoneEvent, ErrorEvent, TokenEvent, event_payload
 from server.api.deps import Service, require_api_key
 from server.api.errors import ApiError
 from server.api.formats import final_tokens, tgi_finish_reason
@@ -90,8 +90,8 @@ def tgi_details(done: DoneEvent) -> dict[str, Any]:
 async def native_frames(stream: Stream) -> AsyncIterator[str]:
     async for event in stream:
         if isinstance(event, DoneEvent) and event.finish_reason == "error":
-            error = {"error": "generation failed; see the server log", "error_type": "generation"}
-            yield sse_event("error", error)
+            error = ErrorEvent("generation failed; see the server log", "generation")
+            yield sse_event(error.kind, event_payload(error))
         yield sse_event(event.kind, event_payload(event))
 
 

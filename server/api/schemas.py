@@ -1,5 +1,9 @@
 """Request bodies of every endpoint (pydantic), and their translation into GenerationParams.
 
+The generation parameters are not spelled out here: TGI's `Parameters` and OpenAI's options
+derive them from the vocabulary (`backtrack.params.GenerationParams`, via `request_fields`) and
+hand every one they were given back to it (`vocabulary_values`). What stays here is each
+protocol's own shape (OpenAI's `max_tokens`, temperature 0 as greedy, options only accepted off).
 Types are checked by pydantic (422 naming the field); ranges by `GenerationParams` itself
 (`InvalidParameter`, also 422 naming the field); limits of this server by `Limits`.
 """
@@ -8,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from backtrack.params import GenerationParams, InvalidParameter
+from backtrack.params import GenerationParams, InvalidParameter, request_fields
 from server.service import Limits
 
 
@@ -28,30 +32,23 @@ def _one(value: Any) -> Any:
     return value
 
 
-class BacktrackOptions(BaseModel):
-    """The backtrack parameters every generation endpoint accepts beside its own."""
+VOCABULARY = frozenset(GenerationParams.model_fields)
 
-    max_backtracks: int | None = None
-    max_backtrack_depth: int | None = None
-    mode: Literal["rewind", "keep"] | None = None
-    backtrack_policy: Literal["argmax", "threshold", "sample", "never"] | None = None
-    backtrack_threshold: float | None = None
+TgiVocabulary = create_model(
+    "TgiVocabulary", __config__=ConfigDict(extra="forbid"), **request_fields()
+)
+"""Every generation parameter, optional, as TGI's `parameters` object names it."""
+OpenAIVocabulary = create_model(
+    "OpenAIVocabulary",
+    **request_fields(exclude=frozenset({"max_new_tokens", "do_sample", "stop"})),
+)
+"""The vocabulary in OpenAI's shape: `max_tokens`, `stop` as a string or list, and
+temperature 0 meaning greedy (so no `do_sample`); defined by the request classes below."""
 
 
-class Parameters(BacktrackOptions):
-    """TGI's parameter names plus the backtrack ones."""
+class Parameters(TgiVocabulary):
+    """TGI's parameter names plus the backtrack ones (all from `GenerationParams`)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    do_sample: bool = False
-    seed: int | None = None
-    stop: list[str] = Field(default_factory=list)
     details: bool = False
     hold_back_deletable: bool | None = None
     """Never stream a token a later backtrack could delete (default: off on /generate, on for TGI)."""
@@ -92,16 +89,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class OpenAIOptions(BacktrackOptions):
-    """Fields shared by /v1/completions and /v1/chat/completions (unknown ones are ignored)."""
+class OpenAIOptions(OpenAIVocabulary):
+    """Fields shared by /v1/completions and /v1/chat/completions (unknown ones are ignored);
+    `ignore_eos` and `min_tokens` are vLLM's extensions, the rest of the vocabulary ours."""
 
     model: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
     stream: bool = False
@@ -109,10 +101,6 @@ class OpenAIOptions(BacktrackOptions):
     hold_back_deletable: bool = True
     """Default on: OpenAI clients cannot erase, so a streamed token is never one later deleted."""
     user: str | None = None
-    ignore_eos: bool = False
-    """vLLM's extension: never stop on EOS (load tests ask for exactly max_tokens)."""
-    min_tokens: int = 0
-    """vLLM's extension: EOS is not drawn before this many tokens."""
     # Parts of OpenAI's API this server does not implement: only their neutral values pass.
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
@@ -160,25 +148,30 @@ class ChatCompletionRequest(OpenAIOptions):
     max_completion_tokens: int | None = None
 
 
+def vocabulary_values(body: BaseModel) -> dict[str, Any]:
+    """The generation parameters a request set; unset ones (None) take this server's default."""
+    names = VOCABULARY & set(type(body).model_fields)
+    return body.model_dump(include=names, exclude_none=True)
+
+
 def build_params(
     limits: Limits,
+    values: dict[str, Any],
     *,
-    max_new_tokens: int | None,
     field_prefix: str,
-    options: BacktrackOptions,
-    sampling: dict[str, Any],
-    stop: list[str],
     max_tokens_name: str = "max_new_tokens",
 ) -> GenerationParams:
     """GenerationParams from request fields; InvalidParameter names the request's own field."""
+    values = dict(values)
+    max_new_tokens = values.pop("max_new_tokens", None)
     if max_new_tokens is None:
         max_new_tokens = min(limits.default_max_new_tokens, limits.max_new_tokens)
     _at_most(f"{field_prefix}{max_tokens_name}", max_new_tokens, limits.max_new_tokens)
-    check_stop(stop, limits, f"{field_prefix}stop")
-    values = {key: value for key, value in sampling.items() if value is not None}
-    values.update(backtrack_values(options, limits, field_prefix))
+    values["stop"] = list(values.get("stop") or [])
+    check_stop(values["stop"], limits, f"{field_prefix}stop")
+    values.update(capped_values(values, limits, field_prefix))
     try:
-        return GenerationParams(max_new_tokens=max_new_tokens, stop=stop, **values)
+        return GenerationParams(max_new_tokens=max_new_tokens, **values)
     except InvalidParameter as error:
         message = str(error).removeprefix(error.field).strip()
         name = max_tokens_name if error.field == "max_new_tokens" else error.field
@@ -206,41 +199,25 @@ def check_stop(stop: list[str], limits: Limits, field: str) -> None:
         )
 
 
-def backtrack_values(options: BacktrackOptions, limits: Limits, prefix: str) -> dict[str, Any]:
-    """The backtrack options given, within this server's caps; unset caps default to at most
+def capped_values(values: dict[str, Any], limits: Limits, prefix: str) -> dict[str, Any]:
+    """The capped backtrack options within this server's caps; unset ones default to at most
     the server's cap, so a lowered cap never refuses a request that did not ask."""
-    values = options.model_dump(exclude_none=True, include=set(BacktrackOptions.model_fields))
     caps = {
         "max_backtracks": limits.max_backtracks,
         "max_backtrack_depth": limits.max_backtrack_depth,
     }
-    defaults = GenerationParams()
+    capped: dict[str, Any] = {}
     for name, cap in caps.items():
         if name in values:
             _at_most(f"{prefix}{name}", values[name], cap)
+            capped[name] = values[name]
         else:
-            values[name] = min(getattr(defaults, name), cap)
-    return values
+            capped[name] = min(GenerationParams.model_fields[name].get_default(), cap)
+    return capped
 
 
 def tgi_params(parameters: Parameters, limits: Limits) -> GenerationParams:
-    sampling = {
-        "temperature": parameters.temperature,
-        "top_k": parameters.top_k,
-        "top_p": parameters.top_p,
-        "min_p": parameters.min_p,
-        "repetition_penalty": parameters.repetition_penalty,
-        "seed": parameters.seed,
-        "do_sample": parameters.do_sample,
-    }
-    return build_params(
-        limits,
-        max_new_tokens=parameters.max_new_tokens,
-        field_prefix="parameters.",
-        options=parameters,
-        sampling=sampling,
-        stop=parameters.stop,
-    )
+    return build_params(limits, vocabulary_values(parameters), field_prefix="parameters.")
 
 
 def openai_params(
@@ -249,32 +226,18 @@ def openai_params(
     """OpenAI semantics: sampling unless temperature is 0 (which means greedy)."""
     if body.n != 1:
         raise InvalidParameter("n", "must be 1 (one choice per request)")
+    values = vocabulary_values(body)
     greedy = body.temperature == 0
-    sampling = {
-        "temperature": None if greedy else body.temperature,
-        "top_k": body.top_k,
-        "top_p": body.top_p,
-        "min_p": body.min_p,
-        "repetition_penalty": body.repetition_penalty,
-        "seed": body.seed,
-        "do_sample": not greedy,
-        "ignore_eos": body.ignore_eos,
-        "min_tokens": body.min_tokens,
-    }
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    max_tokens = body.max_tokens
-    name = "max_tokens"
+    if greedy:
+        values.pop("temperature")
+    values["do_sample"] = not greedy
+    values["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    max_tokens, name = body.max_tokens, "max_tokens"
     if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
         max_tokens, name = body.max_completion_tokens, "max_completion_tokens"
-    return build_params(
-        limits,
-        max_new_tokens=max_tokens,
-        field_prefix="",
-        options=body,
-        sampling=sampling,
-        stop=stop,
-        max_tokens_name=name,
-    )
+    if max_tokens is not None:
+        values["max_new_tokens"] = max_tokens
+    return build_params(limits, values, field_prefix="", max_tokens_name=name)
 
 
 def apply_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:

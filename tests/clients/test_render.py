@@ -24,7 +24,7 @@ def updates_from(operations: list[str | None]) -> list[StreamUpdate]:
             event = TokenEvent(len(visible.tokens), 1, text, -0.1)
         elif visible.tokens:
             backtracks += 1
-            event = BacktrackEvent(len(visible.tokens) - 1, 1, visible.tokens[-1], backtracks)
+            event = BacktrackEvent(len(visible.tokens) - 1, 1, visible.tokens[-1].text, backtracks)
         else:
             continue
         updates.append(StreamUpdate(event, visible.apply(event)))
