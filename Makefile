@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-slow test-browser lint format train eval eval-seeds serve bench bench-peers bench-soak docker-lint clean
+.PHONY: help install test test-slow test-browser lint format train eval eval-seeds serve bench bench-peers bench-soak docker-lint deploy-lint test-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## create the virtual environment with everything (CPU torch pinned)
 
 test: install ## run the test suite (no network, tiny models, a few minutes on 2 cores)
-	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not browser and not image" $(PYTEST_ARGS)
 
 test-slow: install ## heavier checks: the real SmolLM2-135M model, multi-process training
 	bash scripts/fetch_smollm2.sh $(PY)
@@ -76,6 +76,14 @@ bench-soak: install ## 2,200 random good and bad requests on one server: 5xx, ha
 docker-lint: install ## hadolint the Dockerfiles, validate compose, Prometheus config and dashboard (installs promtool)
 	bash scripts/install_promtool.sh
 	$(PY) -m pytest tests/docker $(PYTEST_ARGS)
+
+deploy-lint: install ## render deploy/k8s, validate it against the Kubernetes schemas, checkov it, check the autoscaler's metrics (installs checkov, promtool)
+	bash scripts/install_promtool.sh
+	bash scripts/install_checkov.sh $(PYTHON)
+	$(PY) -m pytest tests/deploy $(PYTEST_ARGS)
+
+test-image: install ## build the CPU image on a local debootstrapped Debian base with buildah and serve from it (root, minutes, downloads)
+	$(PY) -m pytest -m image $(PYTEST_ARGS)
 
 clean: ## remove the environment and caches (keeps checkpoints)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,143 @@
+"""Every metric the autoscaler and the router read is one the server exports, as a gauge.
+
+The names come from the manifests (the HPA, prometheus-adapter's rules, the endpoint picker's
+flags) and are looked up in the real `/metrics` exposition of a server started through the
+container's entrypoint. Where Prometheus is installed (`make docker-lint` or `make deploy-lint`
+install it), each adapter query runs, templated as prometheus-adapter templates it, against a
+Prometheus that scraped that server with the `namespace` and `pod` labels Kubernetes adds.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.deploy.tools import ADAPTER_VALUES, OVERLAYS, container, rendered, the
+from tests.docker.test_scrape import instant_query, wait_for_scrapes
+from tests.docker.tools import prometheus_tool
+from tests.serving import ServerHandle, free_port
+
+EPP_METRIC_FLAGS = (
+    "total-queued-requests-metric",
+    "total-running-requests-metric",
+    "kv-cache-usage-percentage-metric",
+)
+NAMESPACE, POD = "backtrack", "backtrack-serving-0"
+
+
+@pytest.fixture(scope="module")
+def exported(server: ServerHandle) -> dict[str, str]:
+    """Metric family name -> type, parsed from the live exposition."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10.0).text
+    return {family.name: family.type for family in text_string_to_metric_families(text)}
+
+
+def adapter_rules() -> list[dict]:
+    return yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+
+
+def series_name(rule: dict) -> str:
+    return re.match(r"\w+", rule["seriesQuery"]).group(0)
+
+
+def hpa_metrics() -> set[str]:
+    names = set()
+    for overlay in OVERLAYS:
+        hpa = the(rendered(overlay), "HorizontalPodAutoscaler")
+        names |= {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
+    return names
+
+
+def picker_metrics() -> dict[str, str]:
+    epp = container(the(rendered("router"), "Deployment", "backtrack-serving-epp"), "epp")
+    args = dict(a.removeprefix("--").partition("=")[::2] for a in epp["args"])
+    return {flag: args[flag] for flag in EPP_METRIC_FLAGS}
+
+
+def test_every_metric_the_hpa_reads_is_an_exported_gauge(exported):
+    by_name = {rule["name"]["as"]: series_name(rule) for rule in adapter_rules()}
+    for metric in hpa_metrics():
+        series = by_name[metric]
+        assert exported.get(series) == "gauge", f"{metric}: {series} is {exported.get(series)}"
+
+
+def test_every_metric_the_endpoint_picker_reads_is_an_exported_gauge(exported):
+    for flag, metric in picker_metrics().items():
+        assert exported.get(metric) == "gauge", f"--{flag}={metric}: {exported.get(metric)}"
+
+
+def test_the_router_gauges_are_bounded_as_the_picker_expects(server):
+    """KV use is a fraction 0..1 (the picker's contract), the queue a count; idle: both 0."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10.0).text
+    values = {
+        s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+    }
+    assert 0.0 <= values["backtrack_kv_cache_usage_ratio"] <= 1.0
+    assert values["backtrack_queue_size"] == 0.0
+
+
+def adapter_promql(rule: dict) -> str:
+    """The query prometheus-adapter sends for one pod, its Go template filled in."""
+    return (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", series_name(rule))
+        .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{POD}"')
+        .replace("<<.GroupBy>>", "pod")
+    )
+
+
+@pytest.fixture(scope="module")
+def prometheus(server, tmp_path_factory) -> Iterator[str]:
+    binary = prometheus_tool("prometheus")
+    directory = tmp_path_factory.mktemp("prometheus-adapter")
+    job = "backtrack-serving"
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{server.port}"],
+                        "labels": {"namespace": NAMESPACE, "pod": POD},
+                    }
+                ],
+            }
+        ],
+    }
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log_path = directory / "prometheus.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_scrapes(url, job, process, log_path)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("rule", adapter_rules(), ids=lambda rule: rule["name"]["as"])
+def test_each_adapter_query_returns_one_series_per_pod(prometheus, rule):
+    series_query = rule["seriesQuery"].replace("\n", " ")
+    assert instant_query(prometheus, series_query), series_query
+    (series,) = instant_query(prometheus, adapter_promql(rule))
+    assert series["metric"] == {"pod": POD}
+    assert 0.0 <= float(series["value"][1]) <= 1.0 or rule["name"]["as"] == "backtrack_queue_size"
