@@ -71,7 +71,7 @@ from transformers import (
 from benchmarks.bench_http import save_checkpoint
 from benchmarks.peers import VLLM_MODEL_NAME, start_vllm, vllm_available
 from benchmarks.smollm2_checkpoint import smollm2_checkpoint, smollm2_missing
-from tests.serving import free_port, running_server
+from server.process import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"

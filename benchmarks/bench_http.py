@@ -4,7 +4,8 @@
 
 Same checkpoint (a random Llama built here, wide enough that a forward is not negligible), same
 prompt, greedy, same number of tokens, one process measuring both sides in turn. The server runs
-as a real subprocess (`python -m server`) and is read with a real SSE parser. Goal: the HTTP
+as a real subprocess (`python -m server`, started by `server.process`) and is read with the
+client's SSE parser (`clients.sse`); both sides must show the same tokens. Goal: the HTTP
 stream keeps at least 0.9x of the in-process tokens/s. Time to first token is compared too.
 """
 
@@ -14,6 +15,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -26,11 +28,12 @@ from backtrack.checkpoint import (
     save_metadata,
 )
 from backtrack.decoder import generate
-from backtrack.events import TokenEvent
+from backtrack.events import TokenEvent, parse_event
 from backtrack.params import GenerationParams
 from backtrack.tiny import build_char_tokenizer, build_tiny_llama, tiny_llama_config
 from backtrack.tokens import backtrack_token_id
-from tests.serving import running_server
+from clients.sse import iter_events
+from server.process import running_server
 
 PROMPT = "123+456="
 NEW_TOKENS = 200
@@ -53,32 +56,39 @@ def save_checkpoint(directory: Path) -> Path:
     return directory
 
 
-Run = tuple[float, float, int]
-"""(time to first token, total time, tokens) of one stream."""
+@dataclass
+class Run:
+    """One stream: time to first token, total time, and the token ids it showed."""
+
+    first: float = 0.0
+    total: float = 0.0
+    ids: list[int] = field(default_factory=list)
+
+    def see(self, event: object, start: float) -> None:
+        if isinstance(event, TokenEvent):
+            self.ids.append(event.id)
+            self.first = self.first or time.perf_counter() - start
 
 
 def decode_in_process(loaded: LoadedCheckpoint, prompt_ids: list[int]) -> Run:
     params = GenerationParams(max_new_tokens=NEW_TOKENS)
-    start = time.perf_counter()
-    first, tokens = None, 0
+    start, run = time.perf_counter(), Run()
     for event in generate(loaded.model, loaded.tokenizer, loaded.backtrack_id, prompt_ids, params):
-        if isinstance(event, TokenEvent):
-            tokens += 1
-            first = first or time.perf_counter() - start
-    return first or 0.0, time.perf_counter() - start, tokens
+        run.see(event, start)
+    run.total = time.perf_counter() - start
+    return run
 
 
 def decode_over_http(client: httpx.Client) -> Run:
-    """The same request through POST /generate, reading the native SSE stream."""
+    """The same request through POST /generate, reading the native SSE stream with the client's
+    SSE parser and the protocol's own event types."""
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": NEW_TOKENS}, "stream": True}
-    start = time.perf_counter()
-    first, tokens = None, 0
+    start, run = time.perf_counter(), Run()
     with client.stream("POST", "/generate", json=body) as response:
-        for line in response.iter_lines():
-            if line == "event: token":
-                tokens += 1
-                first = first or time.perf_counter() - start
-    return first or 0.0, time.perf_counter() - start, tokens
+        for message in iter_events(response.iter_bytes()):
+            run.see(parse_event(message.event, message.data), start)
+    run.total = time.perf_counter() - start
+    return run
 
 
 def measure(directory: Path, url: str) -> tuple[list[Run], list[Run]]:
@@ -101,14 +111,14 @@ def measure(directory: Path, url: str) -> tuple[list[Run], list[Run]]:
     return local, remote
 
 
-def summarise(runs: list[Run]) -> tuple[float, float, int]:
-    """Median tokens/s and median time to first token (ms); the token count of every run."""
-    counts = {tokens for _, _, tokens in runs}
-    assert len(counts) == 1, f"runs generated different lengths: {counts}"
-    tokens = counts.pop()
-    rate = statistics.median(tokens / total for _, total, _ in runs)
-    ttft = statistics.median(first for first, _, _ in runs) * 1000
-    return rate, ttft, tokens
+def summarise(runs: list[Run]) -> tuple[float, float, list[int]]:
+    """Median tokens/s and median time to first token (ms); the tokens every run showed."""
+    shown = {tuple(run.ids) for run in runs}
+    assert len(shown) == 1, f"greedy runs showed different tokens: {len(shown)} variants"
+    ids = list(shown.pop())
+    rate = statistics.median(len(ids) / run.total for run in runs)
+    ttft = statistics.median(run.first for run in runs) * 1000
+    return rate, ttft, ids
 
 
 def run() -> dict[str, float | int | str]:
@@ -121,7 +131,7 @@ def run() -> dict[str, float | int | str]:
     http_rate, http_ttft, http_tokens = summarise(remote)
     assert local_tokens == http_tokens, "both sides must generate the same tokens"
     return {
-        "tokens_per_stream": local_tokens,
+        "tokens_per_stream": len(local_tokens),
         "model": f"llama {LAYERS}x{HIDDEN}, {THREADS} thread(s), greedy",
         "inprocess_tokens_per_s": round(local_rate, 1),
         "http_sse_tokens_per_s": round(http_rate, 1),

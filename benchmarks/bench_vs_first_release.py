@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.bench_http import save_checkpoint
-from tests.serving import ServerHandle, free_port, running_server, wait_healthy
+from server.process import ServerHandle, free_port, running_server, wait_healthy
 
 RUN_BY_DEFAULT = False
 """Needs git history and a second server: run it by name."""

@@ -1,5 +1,8 @@
 """An incremental Server-Sent Events parser: bytes in, complete events out.
 
+The one SSE reader of the project: the Python client, the tests and the benchmarks all read
+streams with it (the web page has its own in JavaScript).
+
 Follows the WHATWG event-stream rules the server's stream relies on: lines end with `\\n`, `\\r\\n`
 or `\\r`; `event:` names the event (default `message`); several `data:` lines join with `\\n`; a
 line starting with `:` is a comment (keep-alive pings); a blank line dispatches the event. Chunks
@@ -16,8 +19,10 @@ buffers until a line is complete.
 from __future__ import annotations
 
 import codecs
+import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,10 @@ class ServerSentEvent:
     data: str
     id: str | None = None
     retry: int | None = None
+
+    def json(self) -> Any:
+        """The data parsed as JSON (TGI, OpenAI and the native stream all send JSON)."""
+        return json.loads(self.data)
 
 
 class SSEParser:

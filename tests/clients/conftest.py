@@ -12,8 +12,8 @@ import pytest
 from backtrack.decoder import Sequence
 from backtrack.events import Event, event_payload
 from backtrack.params import GenerationParams
+from server.process import ServerHandle, running_server
 from tests.server.conftest import SCRIPT, save_scripted_checkpoint
-from tests.serving import ServerHandle, running_server
 
 API_KEY = "client-test-key"
 

@@ -22,8 +22,8 @@ from clients import (
     TokenEvent,
     ValidationError,
 )
+from server.process import running_server
 from tests.clients.conftest import API_KEY
-from tests.serving import running_server
 
 
 @pytest.fixture

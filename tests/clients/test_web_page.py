@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.process import ServerHandle
 from tests.clients.conftest import API_KEY
-from tests.serving import ServerHandle
 
 pytestmark = pytest.mark.browser
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from server.process import ServerHandle
 from tests.docker.tools import entrypoint_server
-from tests.serving import ServerHandle
 
 
 @pytest.fixture(scope="package")

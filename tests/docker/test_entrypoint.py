@@ -15,6 +15,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.process import free_port
 from tests.docker.promql import (
     TARGET_LABELS,
     dashboard_queries,
@@ -32,7 +33,6 @@ from tests.docker.tools import (
     promtool,
     run_checker,
 )
-from tests.serving import free_port
 
 
 def run_healthcheck(port: int) -> subprocess.CompletedProcess:

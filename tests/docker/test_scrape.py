@@ -14,9 +14,9 @@ import httpx
 import pytest
 import yaml
 
+from server.process import ServerHandle, free_port
 from tests.docker.promql import Query, dashboard_queries, label_names, load_dashboard
 from tests.docker.tools import DASHBOARD, PROMETHEUS_CONFIG, prometheus_tool
-from tests.serving import ServerHandle, free_port
 
 SCRAPES_FOR_A_RATE = 2  # rate() needs two samples inside its window
 

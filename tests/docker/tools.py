@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving import ServerHandle, free_port, settings_env, wait_healthy
+from server.process import ServerHandle, free_port, settings_env, wait_healthy
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

@@ -23,7 +23,7 @@ from transformers import LlamaForCausalLM
 from backtrack.checkpoint import CheckpointMetadata, save_metadata
 from backtrack.tiny import EOS, build_char_tokenizer, tiny_llama_config
 from backtrack.tokens import BACKTRACK_TOKEN, backtrack_token_id
-from tests.serving import ServerHandle, running_server
+from server.process import ServerHandle, running_server
 
 SCRIPT: dict[str, list[str]] = {
     "=": ["3", "2"],

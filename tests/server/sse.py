@@ -1,43 +1,10 @@
-"""A small Server-Sent Events parser (the WHATWG rules the tests rely on) over httpx streams."""
+"""Read a whole SSE answer in a test, with the project's one SSE reader (`clients.sse`)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
-
 import httpx
 
-
-@dataclass(frozen=True)
-class ServerSentEvent:
-    event: str
-    data: str
-
-    def json(self) -> Any:
-        return json.loads(self.data)
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[ServerSentEvent]:
-    """Dispatch an event at each blank line; `event` defaults to `message`; comments skipped."""
-    event, data = "", []
-    for line in lines:
-        if line == "":
-            if data:
-                yield ServerSentEvent(event or "message", "\n".join(data))
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-    if data:
-        yield ServerSentEvent(event or "message", "\n".join(data))
+from clients.sse import ServerSentEvent, iter_events
 
 
 def stream_events(
@@ -47,4 +14,4 @@ def stream_events(
     with client.stream("POST", url, json=body, headers=headers) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
-        return list(parse_sse(response.iter_lines()))
+        return list(iter_events(response.iter_bytes()))

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from clients.sse import iter_events
+from server.process import ServerHandle, running_server
 from tests.server.conftest import API_KEY, LOOP_PROMPT
 from tests.server.metrics_text import scrape, value
-from tests.server.sse import parse_sse
-from tests.serving import ServerHandle, running_server
 
 LONG = {"inputs": LOOP_PROMPT, "parameters": {"max_new_tokens": 4000}, "stream": True}
 TIMEOUT = 2.0
@@ -47,7 +47,7 @@ def idle(url: str) -> bool:
 def test_full_server_answers_429_at_once_with_retry_after(limited):
     with httpx.Client(base_url=limited.url, timeout=30) as client:
         with client.stream("POST", "/generate", json=LONG) as running:
-            events = parse_sse(running.iter_lines())  # kept: dropping it closes the stream
+            events = iter_events(running.iter_bytes())  # kept: dropping it closes the stream
             assert next(events).event == "token"  # the only slot is taken
             started = time.monotonic()
             refused = client.post("/generate", json={"inputs": "1+1="})
@@ -61,7 +61,7 @@ def test_full_server_answers_429_at_once_with_retry_after(limited):
 def test_request_timeout_ends_the_stream_with_a_done_event(limited):
     started = time.monotonic()
     with httpx.stream("POST", f"{limited.url}/generate", json=LONG, timeout=30) as response:
-        events = list(parse_sse(response.iter_lines()))
+        events = list(iter_events(response.iter_bytes()))
     assert events[-1].event == "done"
     assert events[-1].json()["finish_reason"] == "timeout"
     assert TIMEOUT <= time.monotonic() - started < TIMEOUT + 3
@@ -71,7 +71,7 @@ def test_disconnect_cancels_the_generation_and_frees_the_slot(limited):
     before = scrape(limited.url)
     with httpx.Client(base_url=limited.url, timeout=30) as client:
         with client.stream("POST", "/generate", json=LONG) as response:
-            events = parse_sse(response.iter_lines())
+            events = iter_events(response.iter_bytes())
             assert [next(events).event for _ in range(3)] == ["token"] * 3
             assert value(scrape(limited.url), "backtrack_kv_cache_tokens") > 0
         # leaving the block closed the connection mid-stream
@@ -101,10 +101,10 @@ def test_concurrent_streams_interleave(server):
         httpx.Client(base_url=server.url, headers=headers, timeout=30) as client,
         client.stream("POST", "/generate", json=LONG) as first,
     ):
-        first_events = parse_sse(first.iter_lines())
+        first_events = iter_events(first.iter_bytes())
         assert next(first_events).event == "token"
         with client.stream("POST", "/generate", json=LONG) as second:
-            second_events = parse_sse(second.iter_lines())
+            second_events = iter_events(second.iter_bytes())
             # the second request makes progress while the first is still running
             assert [next(second_events).event for _ in range(5)] == ["token"] * 5
             assert value(scrape(server.url), "backtrack_running_requests") == 2

@@ -18,11 +18,11 @@ from transformers import PreTrainedTokenizerFast
 
 from backtrack.tiny import EOS, UNK, build_char_tokenizer, build_tiny_llama, tiny_llama_config
 from backtrack.tokens import BACKTRACK_TOKEN
+from clients.sse import iter_events
 from server.app import create_app
+from server.process import REPO_ROOT, free_port, running_server, settings_env
 from server.settings import Settings
 from tests.server.conftest import LOOP_PROMPT, PROMPT
-from tests.server.sse import parse_sse
-from tests.serving import REPO_ROOT, free_port, running_server, settings_env
 
 
 def start(checkpoint: Path | str, **settings: object) -> subprocess.CompletedProcess:
@@ -90,7 +90,7 @@ async def test_health_is_503_until_the_model_is_loaded(tiny_checkpoint_dir):
 
 def read_stream(url: str, body: dict, started: threading.Event, out: list) -> None:
     with httpx.stream("POST", f"{url}/generate", json=body, timeout=30) as response:
-        events = parse_sse(response.iter_lines())
+        events = iter_events(response.iter_bytes())
         out.append(next(events))
         started.set()
         out.extend(events)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from backtrack.checkpoint import load_metadata, save_metadata
+from server.process import ServerHandle, running_server
 from tests.server.conftest import API_KEY, PROMPT, SCRIPT, save_scripted_checkpoint
-from tests.serving import ServerHandle, running_server
 
 STRICT_TEMPLATE = (
     "{% for m in messages %}"
