@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-slow test-browser lint format train eval eval-seeds serve bench bench-peers bench-soak docker-lint deploy-lint test-image clean
+.PHONY: help install test test-slow test-browser lint format train eval eval-http eval-seeds serve bench bench-peers bench-soak docker-lint deploy-lint test-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ $(CHECKPOINT)/backtrack.json:
 
 eval: install ## evaluate CHECKPOINT on the held-out synthetic set, writes <checkpoint>/eval.json and accuracy.png
 	$(PY) -m training.evaluate --checkpoint $(CHECKPOINT)
+
+URL ?= http://$(HOST):$(PORT)
+eval-http: install ## the same figures through a running server's /generate (make serve first; URL=...)
+	$(PY) -m training.evaluate_http --checkpoint $(CHECKPOINT) --url $(URL)
 
 SEEDS ?= 0 1 2
 SEED_THREADS ?= 1 2

@@ -95,5 +95,8 @@ def save_tiny_checkpoint(directory: str, seed: int = 0, initializer_range: float
     tokenizer.save_pretrained(directory)
     bt_id = backtrack_token_id(tokenizer)
     assert bt_id is not None
-    save_metadata(directory, CheckpointMetadata(backtrack_token_id=bt_id, objective="rewind"))
+    metadata = CheckpointMetadata(
+        backtrack_token_id=bt_id, objective="rewind", prompt_format="plain"
+    )
+    save_metadata(directory, metadata)
     return directory
