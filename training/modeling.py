@@ -52,14 +52,15 @@ def build_tiny(config: ModelConfig, seed: int) -> StartingPoint:
 
 
 def load_pretrained(
-    config: ModelConfig, init_words: list[str], dtype: torch.dtype
+    config: ModelConfig, init_words: list[str], dtype: torch.dtype, quantization=None
 ) -> StartingPoint:
     extra: dict = {"trust_remote_code": config.trust_remote_code}
     if config.gguf_file:
         extra["gguf_file"] = config.gguf_file
     tokenizer = AutoTokenizer.from_pretrained(config.name_or_path, **extra)
+    quantized = {"quantization_config": quantization} if quantization is not None else {}
     model = AutoModelForCausalLM.from_pretrained(
-        config.name_or_path, dtype=dtype, attn_implementation="sdpa", **extra
+        config.name_or_path, dtype=dtype, attn_implementation="sdpa", **extra, **quantized
     )
     if config.gguf_file:
         forget_gguf_origin(model)
@@ -83,7 +84,10 @@ def forget_gguf_origin(model: PreTrainedModel) -> None:
         model.hf_quantizer.remove_quantization_config(model)
 
 
-def starting_point(config: ModelConfig, init_words: list[str], seed: int) -> StartingPoint:
+def starting_point(
+    config: ModelConfig, init_words: list[str], seed: int, quantization=None
+) -> StartingPoint:
+    """`quantization`: a transformers quantization config (QLoRA's 4-bit base), pretrained only."""
     if config.name_or_path == "tiny":
         return build_tiny(config, seed)
-    return load_pretrained(config, init_words, getattr(torch, config.dtype))
+    return load_pretrained(config, init_words, getattr(torch, config.dtype), quantization)

@@ -22,13 +22,16 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from backtrack.checkpoint import CheckpointMetadata, save_metadata
+from training import lora
 from training.collator import BacktrackCollator
 from training.config import Config, ConfigError, PhaseConfig, load_config
 from training.curriculum import CurriculumCallback
 from training.data import ExampleDataset, build_datasets, prompt_encoder
+from training.distributed import enable_fsdp_on_cpu
 from training.errors import ErrorPlan, Injector, build_source
 from training.modeling import StartingPoint, starting_point
 from training.plots import save_loss_curve
+from training.resources import peak_rss_mb, run_figures
 
 logger = logging.getLogger("training")
 
@@ -46,6 +49,10 @@ class BacktrackTrainer(Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = train_collator
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        self.is_fsdp_enabled = enable_fsdp_on_cpu(self.accelerator)
 
 
 def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
@@ -76,6 +83,9 @@ def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
         dataloader_num_workers=0,  # the collator reads the curriculum's plan in this process
         ddp_backend="gloo" if distributed_cpu else None,
         use_cpu=not on_gpu,
+        activation_checkpointing=run.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        include_num_input_tokens_seen="all",  # tokens/s per process in train_results.json
     )
 
 
@@ -139,21 +149,51 @@ def resume_point(config: Config, trainer: Trainer) -> str | None:
 
 def train(config: Config) -> Path:
     """Run the training described by `config`; return the checkpoint directory."""
+    lora.check_supported(config.lora, config.model)
     torch.set_num_threads(config.training.threads)
     set_seed(config.training.seed)
     output = Path(config.training.output_dir)
-    start = starting_point(config.model, config.backtrack.init_words, config.training.seed)
+    quantization = lora.quantization_config(config.lora, getattr(torch, config.model.dtype))
+    start = starting_point(
+        config.model, config.backtrack.init_words, config.training.seed, quantization
+    )
+    if config.lora.enabled:
+        start = lora.wrap(start, config.lora, config.training.gradient_checkpointing)
     trainer, callback = build_trainer(config, start)
     resume_from = resume_point(config, trainer)
     if resume_from:
         logger.info("resuming from %s", resume_from)
+    rss_before = peak_rss_mb()
     began = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.monotonic() - began
+    results = {
+        **result.metrics,
+        "wall_seconds": elapsed,
+        "world_size": trainer.args.world_size,
+        **run_figures(trainer, rss_before),
+    }
+    save_weights(output, trainer, config)
     if trainer.is_world_process_zero():
-        results = {**result.metrics, "wall_seconds": elapsed, "world_size": trainer.args.world_size}
         write_checkpoint(output, trainer, start, config, callback, results)
     return output
+
+
+def save_weights(output: Path, trainer: Trainer, config: Config) -> None:
+    """The model as a plain Hugging Face directory. Called on every process: under FSDP the full
+    weights are gathered from all of them. LoRA: the adapter under `adapter/`, and the merged
+    model (written by rank 0 alone) as the checkpoint."""
+    if not config.lora.enabled:
+        trainer.save_model(str(output))
+        return
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        lora.save_adapter(model, output)
+        seed = config.training.seed
+        merged = lora.merged_model(
+            model, config.lora, config.model, config.backtrack.init_words, seed
+        )
+        merged.save_pretrained(output)
 
 
 def write_checkpoint(
@@ -164,9 +204,9 @@ def write_checkpoint(
     callback: CurriculumCallback | None,
     results: dict,
 ) -> None:
-    """Model, tokenizer, loss curve, curriculum log and results; `backtrack.json` last."""
+    """Tokenizer, loss curve, curriculum log and results (the weights are already saved);
+    `backtrack.json` last."""
     output.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(output))
     start.tokenizer.save_pretrained(output)
     history = callback.history if callback else []
     phase_steps = [row["step"] for row in history if "max_errors" in row and row["step"] > 0]
@@ -192,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.overrides)
+        lora.check_supported(config.lora, config.model)
     except (ConfigError, OSError) as error:
         parser.error(str(error))  # a clear message and exit status 2, not a traceback
     train(config)
