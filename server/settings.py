@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         10.0, ge=0, description="seconds in-flight requests get to finish after SIGTERM"
     )
+    sse_ping_interval: float = Field(
+        15.0,
+        ge=0,
+        description="seconds between keep-alive comments on a quiet SSE stream (0: none), "
+        "so proxies' and clients' read timeouts need not exceed it",
+    )
     api_key: SecretStr | None = Field(
         None, description="if set, generation needs 'Authorization: Bearer <key>'"
     )

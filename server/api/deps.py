@@ -1,13 +1,15 @@
-"""FastAPI dependencies: the generation service once the model is loaded, and the API key."""
+"""FastAPI dependencies: the generation service once the model is loaded, how to stream, the API key."""
 
 from __future__ import annotations
 
 import hmac
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from server.api.errors import ApiError
+from server.api.streaming import StreamOptions
 from server.service import GenerationService
 
 
@@ -21,6 +23,23 @@ def get_service(request: Request) -> GenerationService:
 
 
 Service = Annotated[GenerationService, Depends(get_service)]
+
+SHUTDOWN_MARGIN = 3.0
+"""Seconds a stream stays open past the drain deadline, for its `done` event to be written
+(uvicorn's own graceful-shutdown timeout is longer still: `server.__main__`)."""
+
+
+def get_stream_options(request: Request) -> StreamOptions:
+    settings, engine = request.app.state.settings, request.app.state.engine
+    drain = partial(engine.begin_shutdown, settings.shutdown_timeout) if engine else None
+    return StreamOptions(
+        ping_interval=settings.sse_ping_interval,
+        shutdown_grace=settings.shutdown_timeout + SHUTDOWN_MARGIN,
+        on_shutdown=drain,
+    )
+
+
+Streaming = Annotated[StreamOptions, Depends(get_stream_options)]
 
 
 def require_api_key(request: Request) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from sse_starlette import ServerSentEvent
 
 from backtrack.events import BacktrackEvent, DoneEvent, ErrorEvent, TokenEvent, event_payload
-from server.api.deps import Service, require_api_key
+from server.api.deps import Service, Streaming, require_api_key
 from server.api.errors import ApiError
 from server.api.formats import final_tokens, tgi_finish_reason
 from server.api.schemas import GenerateRequest, tgi_params
@@ -37,23 +38,29 @@ async def _submit(
 
 
 @router.post("/generate", summary="Generate text (JSON, or the native SSE stream with stream=true)")
-async def generate(body: GenerateRequest, request: Request, service: Service) -> Any:
+async def generate(
+    body: GenerateRequest, request: Request, service: Service, streaming: Streaming
+) -> Any:
     if body.stream:
         stream = await _submit(service, body, "/generate", hold=False)
-        return sse_response(stream, native_frames)
+        return sse_response(stream, native_frames, streaming)
     return await _generate_json(body, request, service, "/generate")
 
 
 @router.post("/generate_stream", summary="TGI's streaming format (plain data: lines)")
-async def generate_stream(body: GenerateRequest, service: Service) -> Response:
+async def generate_stream(
+    body: GenerateRequest, service: Service, streaming: Streaming
+) -> Response:
     stream = await _submit(service, body, "/generate_stream", hold=True)
-    return sse_response(stream, TgiRenderer(service, body.parameters.details).frames)
+    return sse_response(stream, TgiRenderer(service, body.parameters.details).frames, streaming)
 
 
 @router.post("/", summary="TGI's compatibility route: /generate or /generate_stream by `stream`")
-async def compat_generate(body: GenerateRequest, request: Request, service: Service) -> Any:
+async def compat_generate(
+    body: GenerateRequest, request: Request, service: Service, streaming: Streaming
+) -> Any:
     if body.stream:
-        return await generate_stream(body, service)
+        return await generate_stream(body, service, streaming)
     return await _generate_json(body, request, service, "/")
 
 
@@ -87,7 +94,7 @@ def tgi_details(done: DoneEvent) -> dict[str, Any]:
     }
 
 
-async def native_frames(stream: Stream) -> AsyncIterator[str]:
+async def native_frames(stream: Stream) -> AsyncIterator[ServerSentEvent]:
     async for event in stream:
         if isinstance(event, DoneEvent) and event.finish_reason == "error":
             error = ErrorEvent("generation failed; see the server log", "generation")
@@ -102,7 +109,7 @@ class TgiRenderer:
         self.served = service.served
         self.details = details
 
-    async def frames(self, stream: Stream) -> AsyncIterator[str]:
+    async def frames(self, stream: Stream) -> AsyncIterator[ServerSentEvent]:
         pending: dict[str, Any] | None = None
         async for event in stream:
             if isinstance(event, TokenEvent | BacktrackEvent):

@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from sse_starlette import ServerSentEvent
 
 from backtrack.events import BacktrackEvent, DoneEvent, TokenEvent, event_payload
 from backtrack.params import GenerationParams
-from server.api.deps import Service, require_api_key
+from server.api.deps import Service, get_stream_options, require_api_key
 from server.api.errors import ApiError
 from server.api.formats import openai_finish_reason
 from server.api.schemas import ChatCompletionRequest, CompletionRequest, openai_params
@@ -66,7 +67,7 @@ async def _serve(
 ) -> Any:
     stream = service.submit(prompt_ids, params, shape.endpoint, body.hold_back_deletable)
     if body.stream:
-        return sse_response(stream, shape.frames)
+        return sse_response(stream, shape.frames, get_stream_options(request))
     _events, done = await collect(stream, request)
     if done.finish_reason == "error":
         raise ApiError(500, "generation failed; see the server log", "server_error")
@@ -115,7 +116,7 @@ class Shape:
 
     # -- streaming -----------------------------------------------------------------------------
 
-    async def frames(self, stream: Stream) -> AsyncIterator[str]:
+    async def frames(self, stream: Stream) -> AsyncIterator[ServerSentEvent]:
         if self.chat:
             yield sse_data(self._chunk({"role": "assistant", "content": ""}))
         async for event in stream:

@@ -1,11 +1,21 @@
-"""Running a stream to the client: SSE framing, and cancelling on disconnect.
+"""Running a stream to the client: SSE through `sse-starlette`, pings, shutdown, disconnects.
 
-Streaming: Starlette cancels the response's iterator when the client sends `http.disconnect`;
-the `finally` below then cancels the request, which the worker sees at its next step and frees
+Frames are written by `sse_starlette.EventSourceResponse`, which also sends a keep-alive comment
+(`: ping`) every `sse_ping_interval` seconds, so a stream that is quiet while it waits in the
+queue, prefills, or holds back deletable tokens never trips a proxy's or client's read timeout.
+
+Disconnect: the response's task group watches for `http.disconnect` and cancels the frame
+iterator; its `finally` cancels the request, which the worker sees at its next step and frees
 the cache. A client that leaves before the first frame (while the headers are being sent) ends
-the response before the iterator ever starts, so its `finally` never runs: `CancellingResponse`
-cancels the request whenever the response ends, however it ends. Non-streaming: the generation
-races a task that waits for `http.disconnect`.
+the response before the iterator ever starts, so `CancellingResponse` also cancels the request
+whenever the response ends, however it ends.
+
+Shutdown (SIGTERM): sse-starlette sets the response's `shutdown_event` and keeps the stream open
+for `shutdown_grace` seconds. The event tells the engine to drain (`on_shutdown`: refuse new
+requests, end those still running at the deadline with `finish_reason` "shutdown"), so every
+stream ends with its `done` event inside the grace period rather than being cut.
+
+Non-streaming: the generation races a task that waits for `http.disconnect`.
 """
 
 from __future__ import annotations
@@ -13,49 +23,83 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from backtrack.events import DoneEvent, Event
 from server.api.errors import ApiError
 from server.engine import Stream
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 
-def sse_event(name: str, data: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class StreamOptions:
+    """How this server streams (from the settings)."""
+
+    ping_interval: float = 15.0
+    """Seconds between keep-alive comments; 0 sends none."""
+    shutdown_grace: float = 10.0
+    """Seconds a stream stays open after SIGTERM: longer than the engine's drain."""
+    on_shutdown: Callable[[], None] | None = None
+    """Called once SIGTERM is seen (drains the engine; idempotent)."""
+
+
+def sse_event(name: str, data: dict[str, Any]) -> ServerSentEvent:
     """A named event, so a browser's EventSource can addEventListener(name)."""
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return ServerSentEvent(json.dumps(data, ensure_ascii=False), event=name, sep="\n")
 
 
-def sse_data(data: dict[str, Any] | str) -> str:
+def sse_data(data: dict[str, Any] | str) -> ServerSentEvent:
     """A plain `data:` line, as TGI and OpenAI streams send."""
     body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {body}\n\n"
+    return ServerSentEvent(body, sep="\n")
 
 
-Renderer = Callable[[Stream], AsyncIterator[str]]
+Renderer = Callable[[Stream], AsyncIterator[ServerSentEvent]]
 
 
-def sse_response(stream: Stream, render: Renderer) -> StreamingResponse:
+def sse_response(
+    stream: Stream, render: Renderer, options: StreamOptions | None = None
+) -> EventSourceResponse:
     """Stream `render(stream)`'s frames; a client that leaves cancels the generation."""
+    options = options or StreamOptions()
+    shutdown = anyio.Event()
 
-    async def frames() -> AsyncIterator[str]:
+    async def drain_on_shutdown() -> None:
+        await shutdown.wait()
+        if options.on_shutdown is not None:
+            options.on_shutdown()
+
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        watcher = asyncio.ensure_future(drain_on_shutdown())
         try:
             async for frame in render(stream):
                 yield frame
         finally:
+            watcher.cancel()
             if stream.done is None:
                 stream.cancel()
 
-    return CancellingResponse(stream, frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return CancellingResponse(
+        stream,
+        frames(),
+        headers=SSE_HEADERS,
+        ping=options.ping_interval,
+        sep="\n",
+        shutdown_event=shutdown,
+        shutdown_grace_period=options.shutdown_grace,
+    )
 
 
-class CancellingResponse(StreamingResponse):
-    """A streaming response that cancels its generation when it ends without `done`."""
+class CancellingResponse(EventSourceResponse):
+    """An event-stream response that cancels its generation when it ends without `done`."""
 
     def __init__(self, stream: Stream, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,6 +108,8 @@ class CancellingResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except OSError as error:  # ASGI 2.4: a vanished client fails `send`, as Starlette says
+            raise ClientDisconnect() from error
         finally:
             if self.stream.done is None:
                 self.stream.cancel()

@@ -12,9 +12,10 @@ import threading
 from collections.abc import AsyncIterator
 
 import pytest
+from sse_starlette import ServerSentEvent
 from starlette.requests import ClientDisconnect
 
-from server.api.streaming import sse_response
+from server.api.streaming import StreamOptions, sse_response
 from server.engine import Stream
 
 
@@ -23,9 +24,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def render(stream: Stream) -> AsyncIterator[str]:
+async def render(stream: Stream) -> AsyncIterator[ServerSentEvent]:
     async for event in stream:
-        yield f"data: {event.kind}\n\n"
+        yield ServerSentEvent(event.kind)
 
 
 def scope(spec_version: str) -> dict:
@@ -66,3 +67,27 @@ async def test_a_send_that_fails_on_the_headers_cancels_the_job():
     with pytest.raises(ClientDisconnect):
         await sse_response(stream, render)(scope("2.4"), receive, broken_send)
     assert stream.cancel_requested
+
+
+@pytest.mark.anyio
+async def test_a_silent_stream_gets_keep_alive_pings():
+    """No event for 0.5 s with a 0.1 s ping interval: comments keep the connection busy."""
+    stream = Stream(asyncio.get_running_loop(), threading.Condition())
+    sent: list[bytes] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message.get("body", b""))
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def quiet(stream: Stream) -> AsyncIterator[ServerSentEvent]:
+        await asyncio.sleep(0.5)
+        yield ServerSentEvent("{}", event="done", sep="\n")
+
+    options = StreamOptions(ping_interval=0.1)
+    await sse_response(stream, quiet, options)(scope("2.3"), receive, send)
+    body = b"".join(sent).decode()
+    assert body.count(": ping") >= 3
+    assert body.endswith("event: done\ndata: {}\n\n")
