@@ -27,6 +27,7 @@ import torch
 from transformers import PreTrainedModel
 
 from training.config import ConfigError, LoraConfig, ModelConfig
+from training.distributed import fsdp_requested
 from training.modeling import StartingPoint, starting_point
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,12 @@ ADAPTER_DIR = "adapter"
 
 
 def check_supported(settings: LoraConfig, model: ModelConfig) -> None:
-    """Refuse, naming the field, what this machine cannot run (QLoRA without CUDA)."""
+    """Refuse, naming the field, what cannot run: QLoRA without CUDA, LoRA under FSDP."""
+    if settings.enabled and fsdp_requested():
+        raise ConfigError(
+            "lora.enabled trains on one GPU (or replicated with torchrun): launch it without an "
+            "FSDP accelerate config, or set lora.enabled=false for sharded full fine-tuning"
+        )
     if not settings.enabled or not settings.qlora:
         return
     if not torch.cuda.is_available():

@@ -17,7 +17,7 @@ from backtrack.params import GenerationParams
 from backtrack.tiny import build_char_tokenizer, build_tiny_llama, tiny_llama_config
 from backtrack.tokens import add_backtrack_token
 from training import lora, train
-from training.config import LoraConfig, load_config
+from training.config import LoraConfig, ModelConfig, load_config
 from training.modeling import starting_point
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -135,6 +135,12 @@ def test_qlora_without_a_gpu_is_refused_naming_the_field(capsys):
         )
     assert exit_info.value.code == 2
     assert "lora.qlora needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_lora_under_an_fsdp_launch_is_refused(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="launch it without an FSDP accelerate config"):
+        lora.check_supported(LoraConfig(enabled=True), ModelConfig())
 
 
 def test_qlora_quantizes_the_base_in_4bit_nf4():
