@@ -99,6 +99,11 @@ class BatchDecoder:
         finally:
             self._leave(row)
 
+    @property
+    def kv_tokens(self) -> int:
+        """KV entries the rows hold now (what a step reports as `kv_tokens`)."""
+        return self.kv.tokens_held()
+
     def _leave(self, row: Row) -> None:
         self.kv.remove(row)
         if row in self.rows:
@@ -118,7 +123,7 @@ class BatchDecoder:
         self.decide(report)
         report.decode_seconds = middle - start
         report.prefill_seconds = end - middle
-        report.kv_tokens = self.kv.tokens_held()
+        report.kv_tokens = self.kv_tokens
         report.kv_slots = self.kv.slots_allocated()
         return report
 

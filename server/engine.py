@@ -470,7 +470,7 @@ class Engine:
                 self._by_row.pop(job.row, None)
             self.metrics.running_requests.set(len(self._running))
             self.metrics.kv_cache_reserved_tokens.set(self._reserved)
-        self.metrics.kv_cache_tokens.set(self.decoder.kv.tokens_held())
+        self.metrics.kv_cache_tokens.set(self.decoder.kv_tokens)
 
     def _end_reason(self, job: _Job) -> str | None:
         now = time.monotonic()

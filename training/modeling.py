@@ -46,8 +46,8 @@ def build_tiny(config: ModelConfig, seed: int) -> StartingPoint:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    llama._attn_implementation = "sdpa"
     model = build_tiny_llama(llama, seed=seed).train()
+    model.set_attn_implementation("sdpa")  # the rewind objective's 4-D masks were checked on SDPA
     return StartingPoint(model, tokenizer, add_backtrack_token(tokenizer, model), None)
 
 

@@ -1,0 +1,67 @@
+"""What the layout promises, checked on the source: benchmarks import the product, never
+`tests/`; the client side needs no torch; the engine reads what the decoder reports, not its
+insides; no private transformers attribute and no deprecated `past_key_values=` keyword."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = ["backtrack", "server", "training", "clients", "benchmarks"]
+
+
+def sources(*packages: str) -> list[Path]:
+    return sorted(path for package in packages for path in (ROOT / package).rglob("*.py"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_product_and_its_benchmarks_never_import_tests():
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(name for name in imported_modules(path) if name.split(".")[0] == "tests")
+        for path in sources(*PRODUCT)
+    }  # fmt: skip
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_clients_and_the_shared_protocol_import_no_torch():
+    code = (
+        "import sys, clients, clients.viewer, backtrack.events, backtrack.params\n"
+        "heavy = sorted({'torch', 'transformers'} & set(sys.modules))\n"
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_engine_reads_only_the_decoders_public_face():
+    tree = ast.parse((ROOT / "server" / "engine.py").read_text())
+    reached = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "decoder"
+        ):
+            reached.add(node.attr)
+    private = {name for name in reached if name.startswith("_")}
+    assert private == set() and "kv" not in reached, reached
+
+
+def test_no_private_transformers_attributes_and_no_deprecated_cache_keyword():
+    for path in sources(*PRODUCT):
+        text = path.read_text()
+        assert "._attn_implementation" not in text, path
+        assert "past_key_values=" not in text, path
