@@ -156,3 +156,23 @@ def test_lora_config_values_are_checked():
         load_config(None, ["lora.backtrack_rows=some"])
     with pytest.raises(ValueError, match=r"lora\.r must be at least 1"):
         load_config(None, ["lora.r=0"])
+
+
+def test_the_qlora_merge_onto_a_reloaded_base_equals_the_in_place_merge():
+    """QLoRA merges onto a fresh full-precision load of the base; without quantization (CPU) that
+    path must give exactly what merging the trained model in place gives."""
+    config = load_config(CONFIGS / "default.yaml", TINY)
+    start = starting_point(config.model, config.backtrack.init_words, config.training.seed)
+    wrapped = lora.wrap(start, config.lora, gradient_checkpointing=False).model
+    with torch.no_grad():
+        for parameter in wrapped.parameters():
+            if parameter.requires_grad:  # stand-in for training: every trainable value moves
+                parameter.add_(0.01 * torch.randn_like(parameter))
+    seed = config.training.seed
+    reloaded = lora.merge_into_reloaded_base(
+        wrapped, config.model, config.backtrack.init_words, seed
+    ).state_dict()
+    in_place = wrapped.merge_and_unload().state_dict()
+    assert reloaded.keys() == in_place.keys()
+    for name, weight in in_place.items():
+        torch.testing.assert_close(reloaded[name], weight, msg=name)
