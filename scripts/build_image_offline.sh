@@ -123,19 +123,23 @@ buildah bud --isolation chroot --pull=never --layers \
     -f "${ROOT}/docker/Dockerfile" -t "${IMAGE}" "${ROOT}"
 finished=$(date +%s)
 
-buildah images --json "${IMAGE}" >"${WORK}/images.json"
-"${PYTHON}" - "${WORK}/build.json" "${IMAGE}" "${WORK}/images.json" "${base_seconds}" \
-    "$((finished - build_started))" "$((finished - started))" "${torch_source}" <<'EOF'
+# The size: its layers as stored (uncompressed tars), and buildah's own rounded figure.
+buildah inspect --type image "${IMAGE}" >"${WORK}/inspect.json"
+"${PYTHON}" - "${WORK}/build.json" "${IMAGE}" "${WORK}/inspect.json" "${base_seconds}" \
+    "$((finished - build_started))" "$((finished - started))" "${torch_source}" \
+    "$(buildah images --noheading --format '{{.Size}}' "${IMAGE}")" <<'EOF'
 import json
 import sys
 
-path, image, images, base, build, total, torch_source = sys.argv[1:]
-with open(images) as f:
-    (found,) = json.load(f)
+path, image, inspect, base, build, total, torch_source, shown = sys.argv[1:]
+with open(inspect) as f:
+    manifest = json.loads(json.load(f)["Manifest"])
+size = sum(layer["size"] for layer in manifest["layers"])
 report = {
     "image": image,
-    "size_bytes": int(found["size"]),
-    "size_mb": round(int(found["size"]) / 1e6),
+    "size_bytes": size,
+    "size_buildah": shown.strip(),
+    "layers": len(manifest["layers"]),
     "base_seconds": int(base),
     "build_seconds": int(build),
     "total_seconds": int(total),
