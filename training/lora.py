@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +36,32 @@ from training.modeling import StartingPoint, starting_point
 logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
+
+
+@contextmanager
+def peft_deprecations() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 `is_gradient_checkpointing`, deprecated for
+    `is_activation_checkpointing`: a warning about peft's code, silenced here, nothing else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
+def get_peft_model(model: PreTrainedModel, config):
+    import peft
+
+    with peft_deprecations():
+        return peft.get_peft_model(model, config)
+
+
+def load_adapter(model: PreTrainedModel, directory: Path):
+    """`model` with the adapter saved in `directory` (unmerged), for inference."""
+    import peft
+
+    with peft_deprecations():
+        return peft.PeftModel.from_pretrained(model, directory)
 
 
 def check_supported(settings: LoraConfig, model: ModelConfig) -> None:
@@ -104,7 +133,7 @@ def wrap(start: StartingPoint, settings: LoraConfig, gradient_checkpointing: boo
         )
     elif gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input
-    wrapped = peft.get_peft_model(model, peft_config(model, settings, start.backtrack_id))
+    wrapped = get_peft_model(model, peft_config(model, settings, start.backtrack_id))
     trainable, total = wrapped.get_nb_trainable_parameters()
     logger.info(
         "LoRA r=%d on %s: %d of %d parameters train (%.3f%%)",
@@ -134,7 +163,7 @@ def merge_into_reloaded_base(
     import peft
 
     base = starting_point(model_config, init_words, seed).model
-    fresh = peft.get_peft_model(base, trained.peft_config["default"])
+    fresh = get_peft_model(base, trained.peft_config["default"])
     peft.set_peft_model_state_dict(fresh, peft.get_peft_model_state_dict(trained))
     return fresh.merge_and_unload()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import peft
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -53,7 +52,7 @@ def base_and_adapter(run: Path):
     config = load_config(CONFIGS / "default.yaml", TINY)
     base = starting_point(config.model, config.backtrack.init_words, config.training.seed)
     frozen = {name: value.clone() for name, value in base.model.state_dict().items()}
-    adapted = peft.PeftModel.from_pretrained(base.model, run / lora.ADAPTER_DIR).eval()
+    adapted = lora.load_adapter(base.model, run / lora.ADAPTER_DIR).eval()
     return frozen, adapted, base.backtrack_id
 
 
@@ -106,7 +105,7 @@ def test_untied_output_rows_train_only_for_bt():
     model, bt = untied_tiny()
     before = {name: value.clone() for name, value in model.state_dict().items()}
     settings = LoraConfig(enabled=True, r=4, dropout=0.0)
-    wrapped = peft.get_peft_model(model, lora.peft_config(model, settings, bt))
+    wrapped = lora.get_peft_model(model, lora.peft_config(model, settings, bt))
     optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=1.0)
     ids = torch.tensor([[1, 5, 6, bt, 7, 2]])
     for _ in range(2):  # LoRA's B starts at zero: the second step moves the merged weights
@@ -176,3 +175,15 @@ def test_the_qlora_merge_onto_a_reloaded_base_equals_the_in_place_merge():
     assert reloaded.keys() == in_place.keys()
     for name, weight in in_place.items():
         torch.testing.assert_close(reloaded[name], weight, msg=name)
+
+
+def test_the_merged_checkpoint_serves_over_http(run):
+    import httpx
+
+    from server.process import running_server
+
+    with running_server(run) as server:
+        body = {"inputs": "123+456=", "parameters": {"max_new_tokens": 4}}
+        response = httpx.post(f"{server.url}/generate", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json()["generated_text"], str)
