@@ -3,6 +3,9 @@
     make train                                        # the default: tiny Llama, bundled addition
     python -m training.train --config configs/default.yaml training.epochs=2 backtrack.objective=masked
     torchrun --nproc_per_node 2 -m training.train --config configs/default.yaml   # DDP (gloo on CPU)
+    accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml \
+        -m training.train --config configs/llama31_8b_gsm8k.yaml               # FSDP2, full weights
+    python -m training.train --config configs/llama31_8b_gsm8k_lora.yaml      # LoRA on one GPU
 
 The output directory holds the Hugging Face model and tokenizer, `loss.png`, `curriculum.json`,
 `train_results.json`, Trainer checkpoints under `trainer/` (a rerun resumes from the newest) and,
