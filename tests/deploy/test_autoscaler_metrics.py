@@ -23,11 +23,8 @@ from tests.docker.test_scrape import instant_query, wait_for_scrapes
 from tests.docker.tools import prometheus_tool
 from tests.serving import ServerHandle, free_port
 
-EPP_METRIC_FLAGS = (
-    "total-queued-requests-metric",
-    "total-running-requests-metric",
-    "kv-cache-usage-percentage-metric",
-)
+EPP_METRIC_FLAGS = ("total-queued-requests-metric", "kv-cache-usage-percentage-metric")
+"""The picker's (v1.0.0) metric flags; `lora-info-metric` is set empty, which switches it off."""
 NAMESPACE, POD = "backtrack", "backtrack-serving-0"
 
 

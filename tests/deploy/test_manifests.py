@@ -216,6 +216,34 @@ def test_the_inference_pool_selects_the_server_pods_and_its_picker_exists():
     ]
 
 
+EPP_V1_0_FLAGS = {
+    "grpc-port", "grpc-health-port", "metrics-port", "enable-pprof", "pool-name", "pool-group",
+    "pool-namespace", "v", "secure-serving", "health-checking", "cert-path",
+    "total-queued-requests-metric", "kv-cache-usage-percentage-metric", "lora-info-metric",
+    "refresh-metrics-interval", "refresh-prometheus-metrics-interval",
+    "metrics-staleness-threshold", "config-file", "config-text", "model-server-metrics-port",
+    "model-server-metrics-path", "model-server-metrics-scheme",
+    "model-server-metrics-https-insecure-skip-verify", "ha-enable-leader-election", "zap-encoder",
+}  # fmt: skip
+"""The flags of the pinned picker, epp:v1.0.0 (cmd/epp/runner/runner.go at that tag): later
+releases added others (`--total-running-requests-metric`), which v1.0.0 would refuse to start on."""
+
+
+def test_the_picker_is_pinned_and_given_only_flags_its_release_has():
+    router = rendered("router")
+    deployment = the(router, "Deployment", "backtrack-serving-epp")
+    epp = container(deployment, "epp")
+    assert epp["image"] == "registry.k8s.io/gateway-api-inference-extension/epp:v1.0.0"
+    flags = {a.removeprefix("--").partition("=")[0] for a in epp["args"]}
+    assert flags <= EPP_V1_0_FLAGS, flags - EPP_V1_0_FLAGS
+    # It outlives the streams it routed: as long a grace period as the pool's replicas.
+    server = the(rendered("gpu"), "Deployment", "backtrack-serving")
+    grace = "terminationGracePeriodSeconds"
+    assert (
+        deployment["spec"]["template"]["spec"][grace] >= server["spec"]["template"]["spec"][grace]
+    )
+
+
 def test_the_picker_config_is_mounted_where_its_flag_points():
     router = rendered("router")
     epp = container(the(router, "Deployment", "backtrack-serving-epp"), "epp")
