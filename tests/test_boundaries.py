@@ -7,7 +7,10 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ["backtrack", "server", "training", "clients", "benchmarks"]
@@ -65,3 +68,10 @@ def test_no_private_transformers_attributes_and_no_deprecated_cache_keyword():
         text = path.read_text()
         assert "._attn_implementation" not in text, path
         assert "past_key_values=" not in text, path
+
+
+@pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
+def test_a_deprecation_fails_the_test_that_meets_it(category):
+    """pyproject's filterwarnings: the day a dependency deprecates what we call, a test fails."""
+    with pytest.raises(category):
+        warnings.warn("this call goes away in the next major release", category, stacklevel=1)

@@ -3,16 +3,21 @@
     python -m training.train --config configs/default.yaml training.epochs=4 backtrack.objective=masked
 
 Every field has a default and a docstring; library code receives these typed objects, never the
-raw YAML or the command line.
+raw YAML or the command line. The sections are pydantic dataclasses: types are checked by
+pydantic (`2.7` for an int is refused, never truncated; a string `"no"` for a bool is false, as
+YAML reads `no`; `"1e-3"` for a float is 0.001) and the ranges by `Config.validate`; either way a
+bad value raises `ConfigError` naming it as `section.field`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from backtrack.prompts import PROMPT_FORMATS
 
@@ -24,6 +29,15 @@ ERROR_SOURCES = ("random", "in_distribution", "mixed")
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field."""
+
+
+SECTION = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+"""Unknown fields are mistakes; a number where a string goes (`output_dir=2024`) is a string."""
+
+
+def dataclass(cls: type) -> Any:
+    """A section: a standard dataclass whose fields pydantic validates on construction."""
+    return _pydantic_dataclass(config=SECTION)(cls)
 
 
 @dataclass
@@ -209,26 +223,7 @@ class Config:
         return asdict(self)
 
 
-SECTIONS: dict[Any, type] = {
-    "ModelConfig": ModelConfig,
-    "DataConfig": DataConfig,
-    "BacktrackConfig": BacktrackConfig,
-    "TrainingConfig": TrainingConfig,
-    "LoraConfig": LoraConfig,
-}
-"""Nested sections by their annotation (a string, under `from __future__ import annotations`)."""
-
-
-def _coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Numbers written as YAML 1.1 does not read them (`1e-3`) still become numbers."""
-    kinds = {"float": float, "int": int}
-    kind = kinds.get(str(annotation))
-    if kind is None or value is None or isinstance(value, bool):
-        return value
-    try:
-        return kind(value)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from error
+_CONFIG = TypeAdapter(Config)
 
 
 def _require(ok: bool, name: str, expectation: str) -> None:
@@ -238,7 +233,7 @@ def _require(ok: bool, name: str, expectation: str) -> None:
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """The inverse of `Config.to_dict` (what a checkpoint's metadata holds)."""
-    return _build(Config, raw, "")
+    return _validate(raw)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -250,7 +245,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path} must hold a mapping of sections")
     for override in overrides or []:
         _apply_override(raw, override)
-    return _build(Config, raw, "")
+    return _validate(raw)
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
@@ -260,29 +255,32 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:
-        node = node.setdefault(part, {})
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+        node = child
     node[leaf] = yaml.safe_load(value)
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    """Construct dataclass `cls` from a mapping, recursing into nested dataclasses and lists."""
+def _validate(raw: Any) -> Config:
+    """pydantic builds every section; its first complaint becomes a ConfigError naming the
+    field (`training.epochs`, `backtrack.phases.1.max_errors`)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping")
-    known = {item.name: item for item in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown field {prefix}{unknown[0]} (known: {', '.join(known)})")
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name == "phases":
-            if not isinstance(value, list):
-                raise ConfigError(f"{prefix}phases must be a list of phases")
-            values[name] = [_build(PhaseConfig, item, f"{prefix}phases.") for item in value]
-        elif known[name].type in SECTIONS:
-            values[name] = _build(SECTIONS[known[name].type], value, f"{prefix}{name}.")
-        else:
-            values[name] = _coerce(value, known[name].type, f"{prefix}{name}")
+        raise ConfigError("config must be a mapping of sections")
     try:
-        return cls(**values)
-    except TypeError as error:
-        raise ConfigError(f"{prefix or 'config'}: {error}") from error
+        return _CONFIG.validate_python(raw)
+    except ValidationError as error:
+        raise _config_error(error) from None
+
+
+def _config_error(error: ValidationError) -> ConfigError:
+    first = error.errors()[0]
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigError):  # raised by Config.validate: already names its field
+        return cause
+    name = ".".join(str(part) for part in first["loc"]) or "config"
+    if first["type"] == "unexpected_keyword_argument":
+        return ConfigError(f"unknown field {name}")
+    if first["type"] == "literal_error":
+        return ConfigError(f"{name} must be one of {first['ctx']['expected']}")
+    return ConfigError(f"{name}: {first['msg']} (got {first.get('input')!r})")

@@ -45,3 +45,32 @@ def test_a_config_survives_the_round_trip_through_checkpoint_metadata():
 def test_a_bad_value_is_refused_with_the_field_named(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(CONFIGS / "default.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.max_steps=2.7", "training.max_steps: Input should be a valid integer"),
+        ("backtrack.phases=[{max_errors: 1.5}]", "backtrack.phases.0.max_errors"),
+        ("backtrack.objective=shuffle", "backtrack.objective must be one of"),
+        ("training.learning_rat=1", "unknown field training.learning_rat"),
+        ("training=3", "training:"),
+    ],
+)
+def test_types_are_checked_not_coerced_and_the_error_names_section_and_field(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(CONFIGS / "default.yaml", [override])
+    assert str(error.value).startswith(message)
+
+
+def test_yaml_strings_for_bools_read_as_yaml_reads_them(tmp_path):
+    preset = tmp_path / "quoted.yaml"
+    preset.write_text('backtrack:\n  use_backtrack: "no"\ntraining:\n  bf16: "yes"\n')
+    config = load_config(preset)
+    assert config.backtrack.use_backtrack is False and config.training.bf16 is True
+    assert load_config(None, ["backtrack.use_curriculum=off"]).backtrack.use_curriculum is False
+
+
+def test_a_number_for_a_string_field_stays_usable():
+    config = load_config(None, ["training.output_dir=2024", "model.dtype=bfloat16"])
+    assert config.training.output_dir == "2024" and config.model.dtype == "bfloat16"
