@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from server.api.errors import ApiError
-from server.api.streaming import StreamOptions
+from server.api.streaming import SSEOptions
 from server.service import GenerationService
 
 
@@ -29,17 +29,17 @@ SHUTDOWN_MARGIN = 3.0
 (uvicorn's own graceful-shutdown timeout is longer still: `server.__main__`)."""
 
 
-def get_stream_options(request: Request) -> StreamOptions:
+def get_stream_options(request: Request) -> SSEOptions:
     settings, engine = request.app.state.settings, request.app.state.engine
     drain = partial(engine.begin_shutdown, settings.shutdown_timeout) if engine else None
-    return StreamOptions(
+    return SSEOptions(
         ping_interval=settings.sse_ping_interval,
         shutdown_grace=settings.shutdown_timeout + SHUTDOWN_MARGIN,
         on_shutdown=drain,
     )
 
 
-Streaming = Annotated[StreamOptions, Depends(get_stream_options)]
+Streaming = Annotated[SSEOptions, Depends(get_stream_options)]
 
 
 def require_api_key(request: Request) -> None:

@@ -40,7 +40,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 
 @dataclass(frozen=True)
-class StreamOptions:
+class SSEOptions:
     """How this server streams (from the settings)."""
 
     ping_interval: float = 15.0
@@ -66,10 +66,10 @@ Renderer = Callable[[Stream], AsyncIterator[ServerSentEvent]]
 
 
 def sse_response(
-    stream: Stream, render: Renderer, options: StreamOptions | None = None
+    stream: Stream, render: Renderer, options: SSEOptions | None = None
 ) -> EventSourceResponse:
     """Stream `render(stream)`'s frames; a client that leaves cancels the generation."""
-    options = options or StreamOptions()
+    options = options or SSEOptions()
     shutdown = anyio.Event()
 
     async def drain_on_shutdown() -> None:

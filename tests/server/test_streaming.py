@@ -15,7 +15,7 @@ import pytest
 from sse_starlette import ServerSentEvent
 from starlette.requests import ClientDisconnect
 
-from server.api.streaming import StreamOptions, sse_response
+from server.api.streaming import SSEOptions, sse_response
 from server.engine import Stream
 
 
@@ -86,8 +86,39 @@ async def test_a_silent_stream_gets_keep_alive_pings():
         await asyncio.sleep(0.5)
         yield ServerSentEvent("{}", event="done", sep="\n")
 
-    options = StreamOptions(ping_interval=0.1)
+    options = SSEOptions(ping_interval=0.1)
     await sse_response(stream, quiet, options)(scope("2.3"), receive, send)
     body = b"".join(sent).decode()
     assert body.count(": ping") >= 3
     assert body.endswith("event: done\ndata: {}\n\n")
+
+
+@pytest.mark.anyio
+async def test_on_shutdown_the_engine_drains_and_the_stream_still_ends_with_done(monkeypatch):
+    """sse-starlette sees the server exiting: the response's shutdown event drains the engine
+    (which then ends the request) and its grace period lets the `done` event through."""
+    from sse_starlette.sse import AppStatus
+
+    stream = Stream(asyncio.get_running_loop(), threading.Condition())
+    drained = asyncio.Event()
+    sent: list[bytes] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message.get("body", b""))
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def until_drained(stream: Stream) -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent("{}", event="token", sep="\n")
+        await drained.wait()  # the engine ends running requests once told to drain
+        yield ServerSentEvent('{"finish_reason": "shutdown"}', event="done", sep="\n")
+
+    monkeypatch.setattr(AppStatus, "should_exit", True)
+    options = SSEOptions(ping_interval=0, shutdown_grace=5, on_shutdown=drained.set)
+    await asyncio.wait_for(
+        sse_response(stream, until_drained, options)(scope("2.3"), receive, send), timeout=10
+    )
+    assert drained.is_set()
+    assert b"".join(sent).decode().endswith('event: done\ndata: {"finish_reason": "shutdown"}\n\n')
