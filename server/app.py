@@ -72,12 +72,17 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
 
 
 def limited_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
-    """FastAPI's schema with this server's limits on the fields they bound (cached)."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        app.openapi_schema = apply_limits(schema, Limits.from_settings(settings))
+    """FastAPI's schema with this server's limits on the fields they bound (cached once the
+    model is loaded: its vocabulary bounds token ids)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    service = app.state.service
+    if service is None:
+        return apply_limits(schema, Limits.from_settings(settings))
+    app.openapi_schema = apply_limits(schema, service.limits)
     return app.openapi_schema
 
 

@@ -135,6 +135,15 @@ def publish_all(batch: list[tuple[Stream, list[Event]]]) -> None:
             loop.call_soon_threadsafe(_deliver_all, items)
 
 
+def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 def _deliver_all(items: list[tuple[Stream, list[Event]]]) -> None:
     for stream, events in items:
         stream._deliver(events)
@@ -205,6 +214,9 @@ class Engine:
         self._busy_since: float | None = None
         self._faults_in_a_row = 0
         self._broken = False
+        self._calls: deque[
+            tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]
+        ] = deque()
         self._thread = threading.Thread(target=self._work, name="engine", daemon=True)
         metrics.kv_cache_budget_tokens.set(max_batch_total_tokens)
 
@@ -246,6 +258,31 @@ class Engine:
         give_up = None if request.timeout is None else request.timeout + self.stall_timeout
         fallback = _done(request, "timeout")
         return Stream(asyncio.get_running_loop(), self._wake, give_up, fallback)
+
+    def call(self, function: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `function` on the worker thread between two steps (it owns the model): a forward
+        that is not part of the batch, such as scoring a prompt's tokens for `echo`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._wake:
+            if not self._thread.is_alive() or self._broken:
+                raise EngineDown("the engine worker stopped; this replica needs a restart")
+            if self._shutdown_deadline is not None:
+                raise ShuttingDown("the server is shutting down")
+            self._calls.append((function, future, loop))
+            self._wake.notify()
+        return future
+
+    def _run_calls(self) -> None:
+        with self._wake:
+            calls, self._calls = list(self._calls), deque()
+        for function, future, loop in calls:
+            try:
+                result, error = function(), None
+            except Exception as failure:
+                result, error = None, failure
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result, error)
 
     def begin_shutdown(self, grace: float) -> None:
         """Refuse new requests; requests still running after `grace` seconds end (`shutdown`).
@@ -318,12 +355,14 @@ class Engine:
     def _wait_for_work(self) -> bool:
         """Sleep until there is work; False once `stop()` asked the worker to end."""
         with self._wake:
-            while not self._stop and not self._waiting and not self._running:
+            while not self._stop and not self._waiting and not self._running and not self._calls:
                 self._wake.wait()
             return not self._stop
 
     def _turn(self) -> None:
-        """Admit, end the jobs that must end, step the batch."""
+        """Run queued calls, admit, end the jobs that must end, step the batch."""
+        if self._calls:
+            self._run_calls()
         with self._wake:
             admitted = self._admit()
         for job in admitted:

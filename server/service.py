@@ -10,8 +10,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property, partial
 from typing import TypeVar
+
+import torch
 
 from backtrack.params import GenerationParams, InvalidParameter
 from server.engine import Engine, GenerationRequest, Stream
@@ -35,6 +38,12 @@ class Limits:
     max_stop_sequence_chars: int = 256
     max_backtracks: int = 64
     max_backtrack_depth: int = 64
+    model_id: str | None = None
+    """The served model's id: the only `model` the OpenAI routes accept (the schema's enum)."""
+    vocab_size: int | None = None
+    """Token ids of a token-id prompt are below it (known once the model is loaded)."""
+    max_prompt_tokens: int | None = None
+    """The input token limit in effect (max_input_tokens within the model's context)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -47,7 +56,46 @@ class Limits:
             max_stop_sequence_chars=settings.max_stop_sequence_chars,
             max_backtracks=settings.max_backtracks,
             max_backtrack_depth=settings.max_backtrack_depth,
+            model_id=settings.served_model_id,
         )
+
+
+@dataclass(frozen=True)
+class ScoredToken:
+    """One token's log-probability given the tokens before it, and the most likely ones there."""
+
+    id: int
+    logprob: float | None
+    """None for the first token of a sequence: nothing precedes it."""
+    top: list[tuple[int, float]]
+    """(id, logprob) of the most likely tokens at that position, best first."""
+
+
+def score_tokens(served: ServedModel, ids: list[int], start: int, top_n: int) -> list[ScoredToken]:
+    """Log-probabilities of `ids[start:]`, each given the ids before it, from one forward over
+    `ids` without a KV cache: the model's own (untempered, unpenalised) distribution, as vLLM
+    reports logprobs. Runs on the engine's worker thread (`Engine.call`), which owns the model."""
+    first = max(start, 1)
+    scored = [ScoredToken(ids[0], None, [])] if start == 0 else []
+    if first >= len(ids):
+        return scored
+    with torch.inference_mode():
+        tensor = torch.tensor([ids], device=served.device)
+        logits = served.model(input_ids=tensor, use_cache=False).logits[0, first - 1 : -1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        targets = tensor[0, first:]
+        chosen = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+        if top_n:
+            values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]), dim=-1)
+            tops = [
+                list(zip(i, v, strict=True))
+                for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+            ]
+        else:
+            tops = [[] for _ in chosen]
+    for token, logprob, top in zip(targets.tolist(), chosen, tops, strict=True):
+        scored.append(ScoredToken(token, logprob, top))
+    return scored
 
 
 class GenerationService:
@@ -56,9 +104,39 @@ class GenerationService:
     ) -> None:
         self.served, self.engine, self.limits = served, engine, limits
         self.request_timeout = request_timeout
+        self.limits = limits
+        self.limits = replace(
+            limits,
+            vocab_size=len(served.tokenizer),
+            model_id=served.model_id,
+            max_prompt_tokens=self.input_token_limit,
+        )
         # One thread: tokenisation stays off the event loop and never runs concurrently with
         # itself (a Rust tokenizer borrowed twice raises "Already borrowed").
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        """Ids TGI reports with `special: true` (EOS, pad, BOS, the backtrack token...)."""
+        return frozenset(self.served.tokenizer.all_special_ids) | {self.served.backtrack_id}
+
+    async def score(self, ids: list[int], start: int, top_n: int) -> list[ScoredToken]:
+        """`score_tokens` on the engine's worker thread, between two decoding steps."""
+        return await self.engine.call(partial(score_tokens, self.served, ids, start, top_n))
+
+    def check_token_ids(self, ids: list[int], field: str) -> list[int]:
+        """A token-id prompt, used as given (nothing added): 422 for an id outside the vocabulary."""
+        size = len(self.served.tokenizer)
+        for token in ids:
+            if token >= size:
+                raise InvalidParameter(field, f"holds token id {token}; the vocabulary has {size}")
+        return self._within_limits(ids, field)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.served.tokenizer.decode(ids)
+
+    def token_text(self, token: int) -> str:
+        return self.served.tokenizer.decode([token])
 
     @property
     def input_token_limit(self) -> int:

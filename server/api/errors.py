@@ -6,12 +6,16 @@ TGI-style routes answer `{"error": str, "error_type": str}` (plus `field` for va
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backtrack.params import InvalidParameter
+from backtrack.params import GenerationParams, InvalidParameter, rule_text
+from server.api.schemas import StreamOptionsWithoutStream
 from server.engine import QueueFull, ShuttingDown
 
 
@@ -61,15 +65,49 @@ def endpoint_label(request: Request) -> str:
     return request.url.path if request.url.path in known else "unmatched"
 
 
+_UNION_TAG = re.compile(
+    r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|function-.*|constrained-.*)$"
+)
+
+
 def field_name(location: tuple | list) -> str:
-    """`("body", "parameters", "top_k")` -> `parameters.top_k`."""
-    parts = [str(part) for part in location if part != "body"]
+    """`("body", "parameters", "top_k")` -> `parameters.top_k`; pydantic's union member tags
+    (`prompt.str`, `prompt.list[int].0`) are not field names and are left out."""
+    parts = [
+        str(part)
+        for part in location
+        if part != "body" and not (isinstance(part, str) and _UNION_TAG.match(part))
+    ]
     return ".".join(parts) or "body"
+
+
+RANGE_ERRORS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "string_too_short"}
+)
+"""Pydantic's range errors: for a vocabulary field, worded by the vocabulary (its rule)."""
+
+
+def _vocabulary_field(location: tuple | list) -> tuple[str, FieldInfo] | None:
+    """(`parameters.stop`, its FieldInfo) when the location is inside a vocabulary field."""
+    parts = field_name(location).split(".")
+    for number, part in enumerate(parts):
+        if part in GenerationParams.model_fields:
+            return ".".join(parts[: number + 1]), GenerationParams.model_fields[part]
+    return None
 
 
 def validation_error(error: RequestValidationError) -> ApiError:
     first = error.errors()[0]
     name = field_name(first.get("loc", ()))
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, StreamOptionsWithoutStream):
+        return ApiError(400, f"stream_options: {cause}", "invalid_request_error", "stream_options")
+    vocabulary = _vocabulary_field(first.get("loc", ()))
+    if vocabulary is not None and first.get("type") in RANGE_ERRORS:
+        prefix, info = vocabulary
+        rule = rule_text(info)
+        if rule:
+            return ApiError(422, f"{prefix} {rule}", "validation", prefix)
     if first.get("type") == "json_invalid":
         return ApiError(422, f"body: invalid JSON ({first.get('msg')})", "validation", "body")
     return ApiError(422, f"{name}: {first.get('msg')}", "validation", name)

@@ -25,8 +25,9 @@ class FinalToken:
     text: str
     logprob: float
 
-    def tgi(self) -> dict:
-        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": False}
+    def tgi(self, special_ids: frozenset[int] = frozenset()) -> dict:
+        special = self.id in special_ids
+        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": special}
 
 
 def final_tokens(events: list[Event]) -> list[FinalToken]:

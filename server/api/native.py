@@ -32,6 +32,9 @@ async def _submit(
     """Parameters checked first (cheap), then the prompt tokenised off the event loop."""
     params = tgi_params(body.parameters, service.limits)
     prompt_ids = await service.encode_completion(body.inputs, "inputs")
+    truncate = body.parameters.truncate
+    if truncate is not None:
+        prompt_ids = prompt_ids[-truncate:]
     if body.parameters.hold_back_deletable is not None:
         hold = body.parameters.hold_back_deletable
     return service.submit(prompt_ids, params, endpoint, hold_back_deletable=hold)
@@ -55,13 +58,16 @@ async def generate_stream(
     return sse_response(stream, TgiRenderer(service, body.parameters.details).frames, streaming)
 
 
-@router.post("/", summary="TGI's compatibility route: /generate or /generate_stream by `stream`")
+@router.post(
+    "/",
+    summary="TGI's compatibility route: a JSON list of one answer, or TGI's stream with stream=true",
+)
 async def compat_generate(
     body: GenerateRequest, request: Request, service: Service, streaming: Streaming
 ) -> Any:
     if body.stream:
         return await generate_stream(body, service, streaming)
-    return await _generate_json(body, request, service, "/")
+    return [await _generate_json(body, request, service, "/")]  # TGI answers a list here
 
 
 async def _generate_json(
@@ -76,7 +82,7 @@ async def _generate_json(
         answer["details"] = {
             **tgi_details(done),
             "prefill": [],
-            "tokens": [token.tgi() for token in final_tokens(events)],
+            "tokens": [token.tgi(service.special_ids) for token in final_tokens(events)],
             "prompt_tokens": done.prompt_tokens,
             "sampled_tokens": done.sampled_tokens,
             "ignored_backtracks": done.ignored_backtracks,
@@ -107,6 +113,7 @@ class TgiRenderer:
 
     def __init__(self, service: GenerationService, details: bool) -> None:
         self.served = service.served
+        self.special_ids = service.special_ids
         self.details = details
 
     async def frames(self, stream: Stream) -> AsyncIterator[ServerSentEvent]:
@@ -121,7 +128,12 @@ class TgiRenderer:
 
     def _line(self, event: TokenEvent | BacktrackEvent) -> dict[str, Any]:
         if isinstance(event, TokenEvent):
-            token = {"id": event.id, "text": event.text, "logprob": event.logprob, "special": False}
+            token = {
+                "id": event.id,
+                "text": event.text,
+                "logprob": event.logprob,
+                "special": event.id in self.special_ids,
+            }
             return {"index": event.index, "token": token, "generated_text": None, "details": None}
         # Only when hold-back is off: the deletion appears as the special BT token.
         token = {

@@ -10,29 +10,32 @@ Types are checked by pydantic (422 naming the field); ranges by `GenerationParam
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from backtrack.params import GenerationParams, InvalidParameter, request_fields
+from backtrack.params import MIN_TEMPERATURE, GenerationParams, InvalidParameter
 from server.service import Limits
 
-
-def _off(value: Any) -> Any:
-    """Refuse (422 naming the field) an option this server accepts only when it is off."""
-    if value is True or value not in (None, False, 0, {}, []):
-        raise ValueError("is not supported by this server (leave it unset)")
-    return value
-
-
-def _one(value: Any) -> Any:
-    """Like `_off`, for options whose neutral value is 1 (best_of, typical_p)."""
-    if value is not None and (value is True or value != 1):
-        raise ValueError("is not supported by this server (leave it unset or 1)")
-    return value
-
-
 VOCABULARY = frozenset(GenerationParams.model_fields)
+StopText = Annotated[str, Field(min_length=1)]
+
+
+def request_fields(exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every parameter of the vocabulary, optional (None = this server's default), with its
+    type, docstring and range, so the OpenAPI schema states every bound the server enforces."""
+    fields: dict[str, Any] = {}
+    for name, info in GenerationParams.model_fields.items():
+        if name in exclude:
+            continue
+        annotation: Any = info.annotation
+        if name == "stop":
+            annotation = list[StopText]
+        elif info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        fields[name] = (annotation | None, Field(None, description=info.description))
+    return fields
+
 
 TgiVocabulary = create_model(
     "TgiVocabulary", __config__=ConfigDict(extra="forbid"), **request_fields()
@@ -40,10 +43,15 @@ TgiVocabulary = create_model(
 """Every generation parameter, optional, as TGI's `parameters` object names it."""
 OpenAIVocabulary = create_model(
     "OpenAIVocabulary",
-    **request_fields(exclude=frozenset({"max_new_tokens", "do_sample", "stop"})),
+    **request_fields(exclude=frozenset({"max_new_tokens", "do_sample", "stop", "temperature"})),
 )
 """The vocabulary in OpenAI's shape: `max_tokens`, `stop` as a string or list, and
 temperature 0 meaning greedy (so no `do_sample`); defined by the request classes below."""
+
+Neutral = Field(None, ge=0, le=0)
+"""A number this server accepts only at its neutral value 0 (the schema says so)."""
+One = Field(None, ge=1, le=1)
+"""A number accepted only at its neutral value 1."""
 
 
 class Parameters(TgiVocabulary):
@@ -52,35 +60,24 @@ class Parameters(TgiVocabulary):
     details: bool = False
     hold_back_deletable: bool | None = None
     """Never stream a token a later backtrack could delete (default: off on /generate, on for TGI)."""
+    truncate: int | None = Field(None, ge=1)
+    """Keep only the last `truncate` prompt tokens (TGI's meaning)."""
     # TGI's clients send these with every request; only their neutral values are accepted.
-    return_full_text: bool | None = None
-    decoder_input_details: bool = False
-    truncate: int | None = None
-    watermark: bool = False
-    typical_p: float | None = None
-    best_of: int | None = None
-    top_n_tokens: int | None = None
-    frequency_penalty: float | None = None
-    grammar: Any = None
-    adapter_id: str | None = None
-
-    _check_off = field_validator(
-        "return_full_text",
-        "decoder_input_details",
-        "truncate",
-        "watermark",
-        "top_n_tokens",
-        "frequency_penalty",
-        "grammar",
-        "adapter_id",
-    )(_off)
-    _check_one = field_validator("typical_p", "best_of")(_one)
+    return_full_text: Literal[False] | None = None
+    decoder_input_details: Literal[False] = False
+    watermark: Literal[False] = False
+    typical_p: float | None = One
+    best_of: int | None = One
+    top_n_tokens: int | None = Neutral
+    frequency_penalty: float | None = Neutral
+    grammar: None = None
+    adapter_id: None = None
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: str
+    inputs: str = Field(min_length=1)
     parameters: Parameters = Field(default_factory=Parameters)
     stream: bool = False
 
@@ -89,47 +86,70 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    type: Literal["text"]
+    """Plain text, the neutral value; `json_object` and `json_schema` are not implemented."""
+
+
 class OpenAIOptions(OpenAIVocabulary):
     """Fields shared by /v1/completions and /v1/chat/completions (unknown ones are ignored);
     `ignore_eos` and `min_tokens` are vLLM's extensions, the rest of the vocabulary ours."""
 
     model: str | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
+    """The served model's id (`GET /v1/models`); any other is answered 404."""
+    temperature: float | None = Field(None, ge=0)
+    """0 (or below 0.01) is greedy; default 1 (OpenAI's)."""
+    stop: StopText | list[StopText] | None = None
+    n: int = Field(1, ge=1, le=16)
+    """Choices per prompt (each its own sampled generation)."""
     stream: bool = False
     stream_options: StreamOptions | None = None
+    """Only with `stream: true` (400 otherwise, as OpenAI answers)."""
     hold_back_deletable: bool = True
     """Default on: OpenAI clients cannot erase, so a streamed token is never one later deleted."""
     user: str | None = None
+    """Accepted for compatibility and ignored (OpenAI's abuse-monitoring id)."""
     # Parts of OpenAI's API this server does not implement: only their neutral values pass.
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logprobs: Any = None
-    top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
-    echo: bool = False
-    best_of: int | None = None
-    suffix: str | None = None
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    frequency_penalty: float | None = Neutral
+    presence_penalty: float | None = Neutral
+    logit_bias: dict[str, float] | None = Field(None, max_length=0)
+    best_of: int | None = One
+    response_format: ResponseFormat | None = None
 
-    _check_off = field_validator(
-        "frequency_penalty",
-        "presence_penalty",
-        "logprobs",
-        "top_logprobs",
-        "logit_bias",
-        "echo",
-        "suffix",
-        "tools",
-        "response_format",
-    )(_off)
-    _check_one = field_validator("best_of")(_one)
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> OpenAIOptions:
+        if self.stream_options is not None and not self.stream:
+            raise StreamOptionsWithoutStream()
+        return self
+
+
+class StreamOptionsWithoutStream(ValueError):
+    """OpenAI answers 400 for `stream_options` without `stream: true`."""
+
+    def __init__(self) -> None:
+        super().__init__("stream_options is only allowed when stream is true")
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+Prompt = Annotated[
+    Annotated[str, Field(min_length=1)]
+    | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=16)]
+    | TokenIds
+    | Annotated[list[TokenIds], Field(min_length=1, max_length=16)],
+    Field(union_mode="left_to_right"),
+]
 
 
 class CompletionRequest(OpenAIOptions):
-    prompt: str | list[str]
-    max_tokens: int | None = 16
+    prompt: Prompt
+    """One prompt or a list (one choice per prompt), as text or token ids."""
+    max_tokens: int | None = Field(16, ge=0)
+    """0 generates nothing (with `echo`, scores the prompt alone)."""
+    logprobs: int | None = Field(None, ge=0, le=20)
+    """Log-probabilities of each returned token plus this many most likely alternatives."""
+    echo: bool = False
+    """Return the prompt before the completion (with its tokens' logprobs when asked)."""
+    suffix: str | None = Field(None, max_length=0)
 
 
 class ChatMessage(BaseModel):
@@ -144,8 +164,13 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(OpenAIOptions):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    """Return the log-probability of each output token."""
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    """With `logprobs`: this many most likely alternatives per token."""
+    tools: list[Any] | None = Field(None, max_length=0)
 
 
 def vocabulary_values(body: BaseModel) -> dict[str, Any]:
@@ -217,24 +242,37 @@ def capped_values(values: dict[str, Any], limits: Limits, prefix: str) -> dict[s
 
 
 def tgi_params(parameters: Parameters, limits: Limits) -> GenerationParams:
-    return build_params(limits, vocabulary_values(parameters), field_prefix="parameters.")
+    """TGI's rule: sampling when `do_sample` or any warper is set (temperature other than 1,
+    top_k, top_p below 1), as its NextTokenChooser decides (`do_sample or has_warpers`)."""
+    values = vocabulary_values(parameters)
+    warped = (
+        (parameters.temperature is not None and parameters.temperature != 1.0)
+        or parameters.top_k is not None
+        or (parameters.top_p is not None and parameters.top_p < 1.0)
+    )
+    if warped:
+        values["do_sample"] = True
+    return build_params(limits, values, field_prefix="parameters.")
 
 
 def openai_params(
-    body: CompletionRequest | ChatCompletionRequest, limits: Limits
+    body: CompletionRequest | ChatCompletionRequest, limits: Limits, max_tokens: int | None = None
 ) -> GenerationParams:
-    """OpenAI semantics: sampling unless temperature is 0 (which means greedy)."""
-    if body.n != 1:
-        raise InvalidParameter("n", "must be 1 (one choice per request)")
+    """OpenAI semantics: sampling at temperature 1 by default; temperature 0 (or below
+    MIN_TEMPERATURE, like vLLM's cut-off) means greedy."""
     values = vocabulary_values(body)
-    greedy = body.temperature == 0
-    if greedy:
-        values.pop("temperature")
+    values.pop("temperature", None)
+    temperature = 1.0 if body.temperature is None else body.temperature
+    greedy = temperature < MIN_TEMPERATURE
+    if not greedy:
+        values["temperature"] = temperature
     values["do_sample"] = not greedy
     values["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    max_tokens, name = body.max_tokens, "max_tokens"
-    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
-        max_tokens, name = body.max_completion_tokens, "max_completion_tokens"
+    name = "max_tokens"
+    if max_tokens is None:
+        max_tokens = body.max_tokens
+        if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+            max_tokens, name = body.max_completion_tokens, "max_completion_tokens"
     if max_tokens is not None:
         values["max_new_tokens"] = max_tokens
     return build_params(limits, values, field_prefix="", max_tokens_name=name)
@@ -260,7 +298,30 @@ def apply_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
         for name, prop in component.get("properties", {}).items():
             if name in bounds:
                 _bound(prop, bounds[name])
+            if name == "prompt":
+                _bound_token_ids(prop, limits)
+            if name == "model" and limits.model_id is not None:
+                for branch in prop.get("anyOf", [prop]):
+                    if branch.get("type") == "string":
+                        branch["enum"] = [limits.model_id]
     return schema
+
+
+def _bound_token_ids(prop: dict[str, Any], limits: Limits) -> None:
+    """Token-id prompts: ids below the vocabulary size, at most the input token limit."""
+    for branch in prop.get("anyOf", [prop]):
+        items = branch.get("items", {})
+        if items.get("type") == "array":  # list[list[int]]
+            items = items.setdefault("items", {})
+            target = branch["items"]
+        else:
+            target = branch
+        if items.get("type") == "integer":
+            if limits.vocab_size is not None:
+                items["maximum"] = limits.vocab_size - 1
+            if limits.max_prompt_tokens is not None:
+                target["maxItems"] = limits.max_prompt_tokens
+            items.pop("maxLength", None)
 
 
 def _bound(prop: dict[str, Any], bounds: dict[str, int]) -> None:

@@ -42,6 +42,8 @@ EXPECTED_REMOVED = ["3", "x"]
 LOOP_PROMPT = "zz"
 """Continues with `z` until a limit: for requests that must still be running when a test acts."""
 API_KEY = "test-key"
+MODEL_ID = "scripted"
+"""The served model id of the `server` fixture (OpenAI routes answer 404 for any other)."""
 PAGE_ORIGIN = "http://page.example"
 
 
@@ -92,6 +94,7 @@ def server(scripted_checkpoint_dir) -> Iterator[ServerHandle]:
     with running_server(
         scripted_checkpoint_dir,
         api_key=API_KEY,
+        model_id=MODEL_ID,
         max_new_tokens=4000,
         max_input_tokens=64,
         cors_origins=[PAGE_ORIGIN],

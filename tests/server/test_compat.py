@@ -90,7 +90,9 @@ def test_tgi_stream_live_shows_deletions_as_special_tokens(client):
 
 def test_tgi_generate_route_answers_like_tgi(client):
     body = {"inputs": PROMPT, "parameters": TGI_CLIENT_PARAMETERS, "stream": False}
-    answer = client.post("/", json=body).json()
+    answers = client.post("/", json=body).json()
+    assert isinstance(answers, list) and len(answers) == 1  # TGI answers a list on POST /
+    answer = answers[0]
     assert answer["generated_text"] == EXPECTED_TEXT
     assert answer["details"]["finish_reason"] == "eos_token"
     assert answer["details"]["prefill"] == []

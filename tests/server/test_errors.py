@@ -62,11 +62,16 @@ def test_body_that_is_not_json_is_422(client):
     [
         ({"prompt": PROMPT, "temperature": -1}, "temperature"),
         ({"prompt": PROMPT, "max_tokens": 100000}, "max_tokens"),
-        ({"prompt": PROMPT, "n": 2}, "n"),
-        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": PROMPT, "n": 17}, "n"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": [[1, 2], []]}, "prompt"),
+        ({"prompt": [10**9]}, "prompt"),
         ({"max_tokens": 3}, "prompt"),
-        ({"prompt": PROMPT, "logprobs": 2}, "logprobs"),
+        ({"prompt": PROMPT, "logprobs": 21}, "logprobs"),
         ({"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty"),
+        ({"prompt": PROMPT, "response_format": {"type": "json_object"}}, "response_format.type"),
+        ({"prompt": PROMPT, "suffix": "x"}, "suffix"),
     ],
 )
 def test_invalid_openai_body_is_422_in_openai_shape(client, body, param):

@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
-from backtrack.params import GenerationParams, InvalidParameter, describe
+from backtrack.params import GenerationParams, InvalidParameter, describe, rule_text
 from server.api.admin import parameters as info_parameters
+from server.api.errors import validation_error
 from server.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
+    GenerateRequest,
     OpenAIOptions,
     Parameters,
     openai_params,
@@ -70,8 +74,18 @@ def test_unset_parameters_take_the_servers_defaults_within_its_caps():
     ],
 )
 def test_a_range_error_names_the_requests_field(given, field):
+    """A range the schema states is refused by the request model, worded by the vocabulary;
+    the server's own limits (max_new_tokens here) by `tgi_params`."""
+    try:
+        body = GenerateRequest(inputs="x", parameters=given)
+    except ValidationError as invalid:
+        refusal = validation_error(RequestValidationError(invalid.errors()))
+        assert (refusal.status, refusal.field) == (422, field)
+        rule = rule_text(GenerationParams.model_fields[field.split(".")[-1]])
+        assert refusal.message == f"{field} {rule}"
+        return
     with pytest.raises(InvalidParameter) as error:
-        tgi_params(Parameters(**given), LIMITS)
+        tgi_params(body.parameters, LIMITS)
     assert error.value.field == field
 
 
