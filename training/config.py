@@ -139,6 +139,18 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: far less memory for about a third more time.
     Under FSDP use the accelerate config's `fsdp_activation_checkpointing` instead."""
+    trainer_args: dict[str, Any] = field(default_factory=dict)
+    """Any other `transformers.TrainingArguments` field, passed through as given (`optim`,
+    `max_grad_norm`, `adam_beta2`, ...); a name it does not know fails at start-up."""
+
+
+def trainer_argument_names() -> frozenset[str]:
+    """Every field `transformers.TrainingArguments` takes (imported here only when asked)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    return frozenset(item.name for item in fields(TrainingArguments) if item.init)
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -188,6 +200,12 @@ class Config:
         _require(0 <= bt.error_share <= 1, "backtrack.error_share", "in [0, 1]")
         _require(bool(bt.phases), "backtrack.phases", "a non-empty list")
         _require(bt.phases[0].start_epoch == 0, "backtrack.phases", "starting at epoch 0")
+        for name in self.training.trainer_args:
+            _require(
+                name in trainer_argument_names(),
+                f"training.trainer_args.{name}",
+                "a transformers.TrainingArguments field",
+            )
         starts = [phase.start_epoch for phase in bt.phases]
         _require(starts == sorted(set(starts)), "backtrack.phases", "in increasing start_epoch")
         for phase in bt.phases:

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -58,38 +59,76 @@ class BacktrackTrainer(Trainer):
         self.is_fsdp_enabled = enable_fsdp_on_cpu(self.accelerator)
 
 
+RENAMED_FOR_TRAINER = {
+    "epochs": "num_train_epochs",
+    "warmup_ratio": "warmup_steps",  # a float below 1 is a ratio to TrainingArguments
+    "gradient_checkpointing": "activation_checkpointing",
+}
+"""`training` fields whose TrainingArguments name differs; the others pass by their own name."""
+PIPELINE_ONLY = {"output_dir", "eval_steps", "resume", "threads", "trainer_args"}
+"""`training` fields the pipeline interprets itself rather than passing through."""
+FIXED_BY_PIPELINE = frozenset(
+    {
+        "output_dir",
+        "save_total_limit",
+        "eval_strategy",
+        "eval_steps",
+        "report_to",
+        "remove_unused_columns",
+        "dataloader_num_workers",
+        "ddp_backend",
+        "use_cpu",
+        "activation_checkpointing_kwargs",
+        "include_num_input_tokens_seen",
+    }
+)
+"""TrainingArguments the pipeline sets itself (`training_arguments` lists why)."""
+
+
 def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
+    """The `training` section as TrainingArguments: each field by name, then what the pipeline
+    fixes (evaluation only with held-out data, the collator in this process, gloo for DDP on
+    CPU), then `trainer_args` for anything else; a field set twice fails at start-up."""
     run = config.training
     eval_every = run.eval_steps if has_eval and run.eval_steps > 0 else 0
     on_gpu = torch.cuda.is_available()
     distributed_cpu = torch.distributed.is_torchelastic_launched() and not on_gpu
-    return TrainingArguments(
-        output_dir=str(Path(run.output_dir) / "trainer"),
-        num_train_epochs=run.epochs,
-        max_steps=run.max_steps,
-        per_device_train_batch_size=run.per_device_train_batch_size,
-        per_device_eval_batch_size=run.per_device_eval_batch_size,
-        gradient_accumulation_steps=run.gradient_accumulation_steps,
-        learning_rate=run.learning_rate,
-        warmup_steps=run.warmup_ratio,
-        weight_decay=run.weight_decay,
-        lr_scheduler_type=run.lr_scheduler_type,
-        bf16=run.bf16,
-        logging_steps=run.logging_steps,
-        save_steps=run.save_steps,
-        save_total_limit=1,
-        eval_strategy="steps" if eval_every else "no",
-        eval_steps=eval_every or None,
-        seed=run.seed,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,  # the collator reads the curriculum's plan in this process
-        ddp_backend="gloo" if distributed_cpu else None,
-        use_cpu=not on_gpu,
-        activation_checkpointing=run.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        include_num_input_tokens_seen="all",  # tokens/s per process in train_results.json
-    )
+    passed = {
+        RENAMED_FOR_TRAINER.get(item.name, item.name): getattr(run, item.name)
+        for item in fields(run)
+        if item.name not in PIPELINE_ONLY
+    }
+    fixed = {
+        "output_dir": str(Path(run.output_dir) / "trainer"),
+        "save_total_limit": 1,
+        "eval_strategy": "steps" if eval_every else "no",
+        "eval_steps": eval_every or None,
+        "report_to": "none",
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,  # the collator reads the curriculum's plan in this process
+        "ddp_backend": "gloo" if distributed_cpu else None,
+        "use_cpu": not on_gpu,
+        "activation_checkpointing_kwargs": {"use_reentrant": False},
+        "include_num_input_tokens_seen": "all",  # tokens/s per process in train_results.json
+    }
+    check_trainer_args(config, set(passed) | set(fixed))
+    return TrainingArguments(**passed, **fixed, **run.trainer_args)
+
+
+def check_trainer_args(config: Config, taken: set[str] | None = None) -> None:
+    """`trainer_args` may not set what the section or the pipeline already sets (ConfigError)."""
+    run = config.training
+    if taken is None:
+        taken = {
+            RENAMED_FOR_TRAINER.get(item.name, item.name)
+            for item in fields(run)
+            if item.name not in PIPELINE_ONLY
+        } | FIXED_BY_PIPELINE
+    for name in run.trainer_args:
+        if name in taken:
+            raise ConfigError(
+                f"training.trainer_args.{name}: set by the training section or the pipeline"
+            )
 
 
 def build_trainer(
@@ -236,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(args.config, args.overrides)
         lora.check_supported(config.lora, config.model)
+        check_trainer_args(config)
     except (ConfigError, OSError) as error:
         parser.error(str(error))  # a clear message and exit status 2, not a traceback
     train(config)

@@ -74,3 +74,29 @@ def test_yaml_strings_for_bools_read_as_yaml_reads_them(tmp_path):
 def test_a_number_for_a_string_field_stays_usable():
     config = load_config(None, ["training.output_dir=2024", "model.dtype=bfloat16"])
     assert config.training.output_dir == "2024" and config.model.dtype == "bfloat16"
+
+
+def test_every_training_field_reaches_the_trainer_under_its_own_name_or_a_known_one():
+    from transformers import TrainingArguments
+
+    from training.train import check_trainer_args, training_arguments
+
+    config = load_config(
+        None,
+        ["training.learning_rate=0.002", "training.epochs=3", "training.output_dir=/tmp/x"],
+    )
+    config.training.trainer_args = {"max_grad_norm": 0.25, "adam_beta2": 0.95}
+    args = training_arguments(config, has_eval=True)
+    assert isinstance(args, TrainingArguments)
+    assert (args.learning_rate, args.num_train_epochs) == (0.002, 3)
+    assert (args.max_grad_norm, args.adam_beta2) == (0.25, 0.95)
+    config.training.trainer_args = {"learning_rate": 0.1}
+    with pytest.raises(ConfigError, match=r"training\.trainer_args\.learning_rate"):
+        check_trainer_args(config)
+
+
+def test_an_unknown_trainer_argument_fails_at_start_up_naming_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  trainer_args:\n    max_grad_nrom: 0.5\n")
+    with pytest.raises(ConfigError, match=r"training\.trainer_args\.max_grad_nrom"):
+        load_config(str(path), [])
