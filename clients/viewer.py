@@ -68,6 +68,16 @@ class ViewerOptions:
     plain: bool
 
 
+def sampling_asked(given: dict[str, Any]) -> bool:
+    """TGI's rule (`do_sample or has_warpers`): a temperature other than 1, top_k or top_p below
+    1 means sampling, so `--temperature 1.5` alone samples rather than staying greedy."""
+    return (
+        given.get("temperature", 1.0) != 1.0
+        or given.get("top_k") is not None
+        or given.get("top_p", 1.0) < 1.0
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backtrack-view", description="Stream a generation and watch its deletions live."
@@ -95,6 +105,8 @@ def parse_options(argv: list[str] | None, stdin: TextIO) -> ViewerOptions:
     args = build_parser().parse_args(argv)
     names = args.parameter_names
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if "do_sample" not in given and sampling_asked(given):
+        given["do_sample"] = True  # TGI's rule, which the server applies too
     return ViewerOptions(
         prompt=stdin.read() if args.prompt == "-" else args.prompt,
         url=args.url,

@@ -300,8 +300,7 @@ class Shape:
             texts = [self.service.token_text(token) for token in prompt.ids] + texts
         if self.chat:
             return self._chat_logprobs(scored, texts)
-        offset = 0 if prompt_shown else len(prompt.text)
-        return self._completion_logprobs(scored, texts, offset)
+        return self._completion_logprobs(scored, texts, 0)  # offsets into the choice's text
 
     # -- non-streaming -------------------------------------------------------------------------
 
@@ -384,7 +383,7 @@ class Shape:
         scored = await self._scored(prompt, ids, len(prompt.ids) + len(shown))
         if self.chat:
             return self._chat_logprobs(scored, [event.text])
-        offset = len(prompt.text) + sum(len(token.text) for token in shown)
+        offset = (len(prompt.text) if self.echo else 0) + sum(len(token.text) for token in shown)
         return self._completion_logprobs(scored, [event.text], offset)
 
     def _delta(self, text: str) -> dict[str, Any]:
