@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 import server
 from backtrack.params import MODES, POLICIES, describe
@@ -85,13 +85,18 @@ def parameters(limits: Limits) -> list[dict[str, Any]]:
     return described
 
 
-@router.get("/metrics", summary="Prometheus exposition")
+@router.get("/metrics", summary="Prometheus exposition", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     body, content_type = request.app.state.metrics.exposition()
     return Response(body, media_type=content_type)
 
 
-@router.get("/", include_in_schema=False)
+@router.get(
+    "/",
+    summary="The web page (or a JSON pointer to the docs without it)",
+    response_class=HTMLResponse,
+    responses={200: {"content": {"application/json": {}}}},
+)
 async def index() -> Response:
     if INDEX_PAGE.is_file():
         return FileResponse(INDEX_PAGE)

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from backtrack.params import GenerationParams, InvalidParameter, rule_text
 from server.api.schemas import StreamOptionsWithoutStream
@@ -70,6 +71,16 @@ _UNION_TAG = re.compile(
 )
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (`Allow` of a 405)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def field_name(location: tuple | list) -> str:
     """`("body", "parameters", "top_k")` -> `parameters.top_k`; pydantic's union member tags
     (`prompt.str`, `prompt.list[int].0`) are not field names and are left out."""
@@ -79,6 +90,16 @@ def field_name(location: tuple | list) -> str:
         if part != "body" and not (isinstance(part, str) and _UNION_TAG.match(part))
     ]
     return ".".join(parts) or "body"
+
+
+BOUNDS = ("ge", "gt", "le", "lt")
+WIDER_ON_THE_WIRE = frozenset({"seed"})
+"""Fields the request models bound differently from the vocabulary (a seed of any size is taken
+modulo 2**64), so the vocabulary's wording of the range would be wrong."""
+
+
+def _number(value: object) -> object:
+    return float(value) if isinstance(value, int | float) else value
 
 
 RANGE_ERRORS = frozenset(
@@ -106,7 +127,11 @@ def validation_error(error: RequestValidationError) -> ApiError:
     if vocabulary is not None and first.get("type") in RANGE_ERRORS:
         prefix, info = vocabulary
         rule = rule_text(info)
-        if rule:
+        limits = {_number(value) for value in first.get("ctx", {}).values()}
+        bounds = {_number(getattr(item, key, None)) for item in info.metadata for key in BOUNDS}
+        worded = first.get("type") == "string_too_short" or limits <= bounds
+        worded = worded and prefix.rsplit(".", 1)[-1] not in WIDER_ON_THE_WIRE
+        if rule and worded:  # the vocabulary's own range (not a narrower one)
             return ApiError(422, f"{prefix} {rule}", "validation", prefix)
     if first.get("type") == "json_invalid":
         return ApiError(422, f"body: invalid JSON ({first.get('msg')})", "validation", "body")
@@ -139,8 +164,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
+        headers = error.headers
+        if error.status_code == 405:  # Starlette names the first route's methods only
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return error_response(
-            request, ApiError(error.status_code, str(error.detail), "http", headers=error.headers)
+            request, ApiError(error.status_code, str(error.detail), "http", headers=headers)
         )
 
     app.add_exception_handler(ApiError, on_api_error)

@@ -12,18 +12,24 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sse_starlette import ServerSentEvent
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backtrack.events import BacktrackEvent, DoneEvent, ErrorEvent, TokenEvent, event_payload
 from server.api.deps import Service, Streaming, require_api_key
 from server.api.errors import ApiError
 from server.api.formats import final_tokens, tgi_finish_reason
-from server.api.schemas import GenerateRequest, tgi_params
+from server.api.schemas import GenerateRequest, TgiError, error_responses, tgi_params
 from server.api.streaming import collect, sse_data, sse_event, sse_response
 from server.engine import Stream
 from server.service import GenerationService
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["generation"])
+router = APIRouter(
+    dependencies=[Depends(require_api_key)],
+    tags=["generation"],
+    responses={**error_responses(TgiError), 424: {"model": TgiError, "description": "failed"}},
+)
+EVENT_STREAM = {"text/event-stream": {}}
+JSON_OR_STREAM = {200: {"content": {"application/json": {}, **EVENT_STREAM}}}
 
 
 async def _submit(
@@ -40,7 +46,11 @@ async def _submit(
     return service.submit(prompt_ids, params, endpoint, hold_back_deletable=hold)
 
 
-@router.post("/generate", summary="Generate text (JSON, or the native SSE stream with stream=true)")
+@router.post(
+    "/generate",
+    summary="Generate text (JSON, or the native SSE stream with stream=true)",
+    responses=JSON_OR_STREAM,
+)
 async def generate(
     body: GenerateRequest, request: Request, service: Service, streaming: Streaming
 ) -> Any:
@@ -50,7 +60,12 @@ async def generate(
     return await _generate_json(body, request, service, "/generate")
 
 
-@router.post("/generate_stream", summary="TGI's streaming format (plain data: lines)")
+@router.post(
+    "/generate_stream",
+    summary="TGI's streaming format (plain data: lines)",
+    response_class=EventSourceResponse,
+    responses={200: {"content": EVENT_STREAM}},
+)
 async def generate_stream(
     body: GenerateRequest, service: Service, streaming: Streaming
 ) -> Response:
@@ -61,6 +76,7 @@ async def generate_stream(
 @router.post(
     "/",
     summary="TGI's compatibility route: a JSON list of one answer, or TGI's stream with stream=true",
+    responses=JSON_OR_STREAM,
 )
 async def compat_generate(
     body: GenerateRequest, request: Request, service: Service, streaming: Streaming

@@ -33,12 +33,24 @@ from backtrack.params import MAX_SEED, GenerationParams
 from server.api.deps import Service, get_stream_options, require_api_key
 from server.api.errors import ApiError
 from server.api.formats import final_tokens, openai_finish_reason
-from server.api.schemas import ChatCompletionRequest, CompletionRequest, openai_params
+from server.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIError,
+    error_responses,
+    openai_params,
+)
 from server.api.streaming import sse_data, sse_response, wait_for_disconnect
 from server.engine import Stream
 from server.service import GenerationService, ScoredToken
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["openai"])
+router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(require_api_key)],
+    tags=["openai"],
+    responses=error_responses(OpenAIError),
+)
+JSON_OR_STREAM = {200: {"content": {"application/json": {}, "text/event-stream": {}}}}
 
 
 @router.get("/models", summary="The one model this server serves")
@@ -80,7 +92,9 @@ async def completion_prompts(body: CompletionRequest, service: GenerationService
     return prompts
 
 
-@router.post("/completions", summary="OpenAI text completions, streaming or not")
+@router.post(
+    "/completions", summary="OpenAI text completions, streaming or not", responses=JSON_OR_STREAM
+)
 async def completions(body: CompletionRequest, request: Request, service: Service) -> Any:
     model = check_model(body, service)
     generate = body.max_tokens != 0
@@ -91,7 +105,11 @@ async def completions(body: CompletionRequest, request: Request, service: Servic
     return await _serve(body, choices, generate, shape, request, service)
 
 
-@router.post("/chat/completions", summary="OpenAI chat completions, streaming or not")
+@router.post(
+    "/chat/completions",
+    summary="OpenAI chat completions, streaming or not",
+    responses=JSON_OR_STREAM,
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request, service: Service) -> Any:
     model = check_model(body, service)
     if body.top_logprobs is not None and not body.logprobs:

@@ -12,12 +12,54 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from backtrack.params import MIN_TEMPERATURE, GenerationParams, InvalidParameter
+from backtrack.params import MAX_SEED, MIN_TEMPERATURE, GenerationParams, InvalidParameter
 from server.service import Limits
 
 VOCABULARY = frozenset(GenerationParams.model_fields)
+STRICT = ConfigDict(strict=True)
+"""Types as the schema states them: `"true"` is no boolean and `"3"` no integer (pydantic's
+lax mode would take both); an integral number such as 3.0 is an integer, as in JSON Schema."""
+
+
+def _integral(value: Any) -> Any:
+    """3.0 -> 3, inside lists too (JSON Schema's integers include integral floats)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**70:
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
+
+
+def _takes_int(annotation: Any) -> bool:
+    text = str(annotation)
+    return "int" in text and "float" not in text
+
+
+class StrictRequest(BaseModel):
+    """Base of every request model: strict types, integral floats taken as integers."""
+
+    model_config = STRICT
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _takes_int(field.annotation):
+            return _integral(value)
+        return value
+
+
 StopText = Annotated[str, Field(min_length=1)]
 
 
@@ -31,23 +73,37 @@ def request_fields(exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
         annotation: Any = info.annotation
         if name == "stop":
             annotation = list[StopText]
+        elif name == "seed":  # any size, taken modulo 2**64 (build_params)
+            annotation = Annotated[int, Field(ge=0)]
         elif info.metadata:
             annotation = Annotated[(annotation, *info.metadata)]
         fields[name] = (annotation | None, Field(None, description=info.description))
     return fields
 
 
-TgiVocabulary = create_model(
-    "TgiVocabulary", __config__=ConfigDict(extra="forbid"), **request_fields()
-)
+class _TgiBase(StrictRequest):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+TgiVocabulary = create_model("TgiVocabulary", __base__=_TgiBase, **request_fields())
 """Every generation parameter, optional, as TGI's `parameters` object names it."""
 OpenAIVocabulary = create_model(
     "OpenAIVocabulary",
+    __base__=StrictRequest,
     **request_fields(exclude=frozenset({"max_new_tokens", "do_sample", "stop", "temperature"})),
 )
 """The vocabulary in OpenAI's shape: `max_tokens`, `stop` as a string or list, and
 temperature 0 meaning greedy (so no `do_sample`); defined by the request classes below."""
 
+
+def _bool_only(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("Input should be a valid boolean")
+    return value
+
+
+Off = Annotated[Literal[False], BeforeValidator(_bool_only)]
+"""A flag accepted only off (false; 0 is no boolean)."""
 Neutral = Field(None, ge=0, le=0)
 """A number this server accepts only at its neutral value 0 (the schema says so)."""
 One = Field(None, ge=1, le=1)
@@ -63,9 +119,9 @@ class Parameters(TgiVocabulary):
     truncate: int | None = Field(None, ge=1)
     """Keep only the last `truncate` prompt tokens (TGI's meaning)."""
     # TGI's clients send these with every request; only their neutral values are accepted.
-    return_full_text: Literal[False] | None = None
-    decoder_input_details: Literal[False] = False
-    watermark: Literal[False] = False
+    return_full_text: Off | None = None
+    decoder_input_details: Off = False
+    watermark: Off = False
     typical_p: float | None = One
     best_of: int | None = One
     top_n_tokens: int | None = Neutral
@@ -74,26 +130,44 @@ class Parameters(TgiVocabulary):
     adapter_id: None = None
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GenerateRequest(StrictRequest):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: str = Field(min_length=1)
     parameters: Parameters = Field(default_factory=Parameters)
     stream: bool = False
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(StrictRequest):
     include_usage: bool = False
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(StrictRequest):
     type: Literal["text"]
     """Plain text, the neutral value; `json_object` and `json_schema` are not implemented."""
+
+
+STREAM_OPTIONS_NEED_STREAM = {
+    "stream_options": {"properties": {"stream": {"const": True}}, "required": ["stream"]}
+}
+"""The schema's way of saying `stream_options` only with `stream: true`."""
 
 
 class OpenAIOptions(OpenAIVocabulary):
     """Fields shared by /v1/completions and /v1/chat/completions (unknown ones are ignored);
     `ignore_eos` and `min_tokens` are vLLM's extensions, the rest of the vocabulary ours."""
+
+    model_config = ConfigDict(
+        strict=True,
+        json_schema_extra={
+            "dependentSchemas": {
+                "stream_options": {
+                    "properties": {"stream": {"const": True}},
+                    "required": ["stream"],
+                }
+            }
+        },
+    )
 
     model: str | None = None
     """The served model's id (`GET /v1/models`); any other is answered 404."""
@@ -152,18 +226,39 @@ class CompletionRequest(OpenAIOptions):
     suffix: str | None = Field(None, max_length=0)
 
 
-class ChatMessage(BaseModel):
+class TextPart(StrictRequest):
+    """A text part of a message's content (the only kind this text-only server reads)."""
+
+    type: Literal["text"]
+    text: str = Field(min_length=1)
+
+
+class ChatMessage(StrictRequest):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]]
+    content: Annotated[str, Field(min_length=1)] | Annotated[list[TextPart], Field(min_length=1)]
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return "".join(part.text for part in self.content)
 
 
 class ChatCompletionRequest(OpenAIOptions):
+    model_config = ConfigDict(
+        strict=True,
+        json_schema_extra={
+            "dependentSchemas": {
+                **STREAM_OPTIONS_NEED_STREAM,
+                "top_logprobs": {
+                    "properties": {"logprobs": {"const": True}},
+                    "required": ["logprobs"],
+                },
+            }
+        },
+    )
     messages: list[ChatMessage] = Field(min_length=1)
+    """The conversation; its contents together are at most max_input_chars characters (a sum
+    over messages, which a schema cannot state) and the chat template may refuse an order."""
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
@@ -171,6 +266,45 @@ class ChatCompletionRequest(OpenAIOptions):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     """With `logprobs`: this many most likely alternatives per token."""
     tools: list[Any] | None = Field(None, max_length=0)
+
+
+class TgiError(BaseModel):
+    """A refusal on the TGI routes (TGI's shape, plus the field for a validation error)."""
+
+    error: str
+    error_type: str
+    field: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | None = None
+
+
+class OpenAIError(BaseModel):
+    """A refusal on the /v1 routes (OpenAI's shape)."""
+
+    error: OpenAIErrorBody
+
+
+REFUSALS = {
+    400: "the body is not JSON, or stream_options without stream",
+    401: "missing or wrong API key",
+    404: "an unknown model",
+    413: "the body is larger than max_request_bytes",
+    422: "a field out of its range, of the wrong type, or unknown; names the field",
+    429: "every slot and queue place taken (Retry-After)",
+    499: "the client disconnected before the answer",
+    500: "generation failed",
+    503: "loading or shutting down (Retry-After)",
+}
+
+
+def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The refusals a generation route can answer, documented with their body."""
+    return {code: {"model": model, "description": text} for code, text in REFUSALS.items()}
 
 
 def vocabulary_values(body: BaseModel) -> dict[str, Any]:
@@ -195,6 +329,10 @@ def build_params(
     values["stop"] = list(values.get("stop") or [])
     check_stop(values["stop"], limits, f"{field_prefix}stop")
     values.update(capped_values(values, limits, field_prefix))
+    if values.get("seed") is not None:
+        # Taken modulo 2**64 (the sampler's range), so the schema needs no maximum: JSON tools
+        # that read numbers as doubles cannot tell 2**64 - 1 from 2**64.
+        values["seed"] %= MAX_SEED + 1
     try:
         return GenerationParams(max_new_tokens=max_new_tokens, **values)
     except InvalidParameter as error:

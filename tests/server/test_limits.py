@@ -1,6 +1,7 @@
 """Every request limit refuses with 422 (413 for the body) before any work, over real HTTP;
 the limits appear in /info and in the OpenAPI schema. Inputs that once reached the worker
-(a 64-bit-plus seed, a vanishing temperature, a chat template that raises) are 422 too."""
+(a negative seed, a vanishing temperature, a chat template that raises) are 422 too; a seed of
+any size is taken modulo 2**64, so the schema needs no maximum JSON tools would round."""
 
 from __future__ import annotations
 
@@ -53,8 +54,7 @@ def refused(response: httpx.Response, field: str, status: int = 422) -> str:
         ({"stop": ["s" * 257]}, "parameters.stop", "256"),
         ({"max_backtracks": 10**9}, "parameters.max_backtracks", "at most 64"),
         ({"max_backtrack_depth": 10**6}, "parameters.max_backtrack_depth", "at most 64"),
-        ({"seed": 2**64}, "parameters.seed", "2**64"),
-        ({"seed": -1}, "parameters.seed", "2**64"),
+        ({"seed": -1}, "parameters.seed", "greater than or equal to 0"),
         ({"do_sample": True, "temperature": 1e-40}, "parameters.temperature", "at least"),
         ({"repetition_penalty": 1e-40}, "parameters.repetition_penalty", "must be in"),
         ({"top_p": 0.0}, "parameters.top_p", "(0, 1]"),
@@ -70,12 +70,12 @@ def test_generate_limits_are_422_naming_the_field(client, parameters, field, wor
 @pytest.mark.parametrize(
     ("route", "extra", "field"),
     [
-        ("/v1/completions", {"seed": 2**64}, "seed"),
+        ("/v1/completions", {"seed": -1}, "seed"),
         ("/v1/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ("/v1/completions", {"stop": "s" * 300}, "stop"),
-        ("/v1/completions", {"temperature": 1e-40}, "temperature"),
+        ("/v1/completions", {"temperature": -1e-40}, "temperature"),
         ("/v1/chat/completions", {"max_backtracks": 10**9}, "max_backtracks"),
-        ("/v1/chat/completions", {"seed": 2**64}, "seed"),
+        ("/v1/chat/completions", {"seed": -5}, "seed"),
     ],
 )
 def test_openai_limits_are_422_in_openai_shape(client, route, extra, field):
@@ -89,6 +89,20 @@ def test_openai_limits_are_422_in_openai_shape(client, route, extra, field):
 def test_largest_seed_is_accepted(client):
     body = {"inputs": PROMPT, "parameters": {"seed": 2**64 - 1, "do_sample": True}}
     assert client.post("/generate", json=body).status_code == 200
+
+
+def test_a_seed_beyond_64_bits_is_taken_modulo_2_64(client):
+    def seed_used(seed: int) -> int:
+        parameters = {"seed": seed, "do_sample": True, "details": True}
+        answer = client.post("/generate", json={"inputs": PROMPT, "parameters": parameters})
+        return answer.json()["details"]["seed"]
+
+    assert seed_used(2**64 + 7) == seed_used(7) == 7
+
+
+def test_openai_temperature_below_the_floor_is_greedy(client):
+    body = {"prompt": PROMPT, "temperature": 1e-40, "max_tokens": 20}
+    assert client.post("/v1/completions", json=body).json()["choices"][0]["text"] == "2 ok"
 
 
 def test_a_long_prompt_is_refused_by_its_characters_before_tokenising(client):
