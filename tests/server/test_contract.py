@@ -285,3 +285,33 @@ def test_chat_logprobs_and_top_logprobs(sdk):
     assert plain.choices[0].logprobs is None
     with pytest.raises(openai.UnprocessableEntityError):
         sdk.chat.completions.create(model=MODEL_ID, messages=messages, top_logprobs=2)
+
+
+def test_streamed_echo_and_empty_completions(sdk):
+    chunks = list(
+        sdk.completions.create(
+            model=MODEL_ID, prompt=[PROMPT, "zz"], max_tokens=0, echo=True, logprobs=0, stream=True
+        )
+    )
+    texts: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert texts == {0: PROMPT, 1: "zz"}
+    empty = sdk.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=0)
+    assert (empty.choices[0].text, empty.choices[0].finish_reason) == ("", "length")
+    assert empty.usage.completion_tokens == 0
+
+
+def test_chat_n_choices_stream(sdk):
+    messages = [{"role": "user", "content": PROMPT}]
+    chunks = list(
+        sdk.chat.completions.create(
+            model=MODEL_ID, messages=messages, n=2, temperature=0, stream=True
+        )
+    )
+    texts: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    assert texts == {0: EXPECTED_TEXT, 1: EXPECTED_TEXT}
