@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[all]"
+	# TGI's own client, for the compatibility tests: it pins huggingface_hub below 1.0, which
+	# transformers 5 refuses, so it goes in without its pins (its other needs are in `dev`)
+	$(PY) -m pip install --quiet --no-deps text-generation==0.7.0
 	touch $@
 
 install: $(VENV)/.installed ## create the virtual environment with everything (CPU torch pinned)

@@ -36,7 +36,6 @@ REPO = Path(__file__).resolve().parent.parent
 def stream_rate(url: str) -> tuple[float, int]:
     """Tokens/s of one streamed completion, and the number of token chunks it sent."""
     body = {
-        "model": "x",
         "prompt": "123+456=",
         "max_tokens": TOKENS,
         "temperature": 0,
