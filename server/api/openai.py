@@ -40,7 +40,7 @@ from server.api.schemas import (
     error_responses,
     openai_params,
 )
-from server.api.streaming import sse_data, sse_response, wait_for_disconnect
+from server.api.streaming import sse_data, sse_response, unless_disconnected
 from server.engine import Stream
 from server.service import GenerationService, ScoredToken
 
@@ -209,15 +209,7 @@ async def collect_all(choices: Choices, request: Request) -> dict[int, list[Even
         async for index, event in choices.events():
             events[index].append(event)
 
-    generation = asyncio.ensure_future(gather())
-    disconnect = asyncio.ensure_future(wait_for_disconnect(request))
-    try:
-        await asyncio.wait({generation, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect.cancel()
-        if not generation.done():
-            choices.cancel()
-            generation.cancel()
+    await unless_disconnected(request, gather(), choices.cancel)
     if choices.done is None:
         raise ApiError(499, "client disconnected", "cancelled")
     return events

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,18 +123,26 @@ async def collect(stream: Stream, request: Request) -> tuple[list[Event], DoneEv
         async for event in stream:
             events.append(event)
 
-    generation = asyncio.ensure_future(gather())
+    await unless_disconnected(request, gather(), stream.cancel)
+    if stream.done is None:
+        raise ApiError(499, "client disconnected", "cancelled")
+    return events, stream.done
+
+
+async def unless_disconnected(
+    request: Request, work: Coroutine[Any, Any, None], cancel: Callable[[], None]
+) -> None:
+    """Run `work` to its end, unless the client disconnects first: then `cancel()` the
+    generation behind it (freeing its slot and KV at once) and stop waiting."""
+    generation = asyncio.ensure_future(work)
     disconnect = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         await asyncio.wait({generation, disconnect}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         disconnect.cancel()
         if not generation.done():
-            stream.cancel()
+            cancel()
             generation.cancel()
-    if stream.done is None:
-        raise ApiError(499, "client disconnected", "cancelled")
-    return events, stream.done
 
 
 async def wait_for_disconnect(request: Request) -> None:
