@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from tests.docker.tools import entrypoint_server
-from tests.serving import ServerHandle
+from server.process import ServerHandle
+from tests.docker.tools import answering_entrypoint_server
 
 
 @pytest.fixture(scope="package")
 def server(tiny_checkpoint_dir, tmp_path_factory) -> Iterator[ServerHandle]:
     log_path = tmp_path_factory.mktemp("deploy-entrypoint") / "server.log"
-    with entrypoint_server(tiny_checkpoint_dir, log_path) as handle:
-        response = httpx.post(
-            f"{handle.url}/generate",
-            json={"inputs": "12+34=", "parameters": {"max_new_tokens": 4}},
-            timeout=30.0,
-        )
-        assert response.status_code == 200, response.text
+    with answering_entrypoint_server(tiny_checkpoint_dir, log_path) as handle:
         yield handle

@@ -10,7 +10,6 @@ Prometheus that scraped that server with the `namespace` and `pod` labels Kubern
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 
 import httpx
@@ -18,10 +17,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.process import ServerHandle
 from tests.deploy.tools import ADAPTER_VALUES, OVERLAYS, container, rendered, the
-from tests.docker.test_scrape import instant_query, wait_for_scrapes
-from tests.docker.tools import prometheus_tool
-from tests.serving import ServerHandle, free_port
+from tests.docker.test_scrape import instant_query, running_prometheus
 
 EPP_METRIC_FLAGS = ("total-queued-requests-metric", "kv-cache-usage-percentage-metric")
 """The picker's (v1.0.0) metric flags; `lora-info-metric` is set empty, which switches it off."""
@@ -91,14 +89,12 @@ def adapter_promql(rule: dict) -> str:
 
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory) -> Iterator[str]:
-    binary = prometheus_tool("prometheus")
     directory = tmp_path_factory.mktemp("prometheus-adapter")
-    job = "backtrack-serving"
     config = {
         "global": {"scrape_interval": "1s"},
         "scrape_configs": [
             {
-                "job_name": job,
+                "job_name": "backtrack-serving",
                 "static_configs": [
                     {
                         "targets": [f"127.0.0.1:{server.port}"],
@@ -108,27 +104,8 @@ def prometheus(server, tmp_path_factory) -> Iterator[str]:
             }
         ],
     }
-    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log_path = directory / "prometheus.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={directory / 'prometheus.yml'}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_scrapes(url, job, process, log_path)
+    with running_prometheus(directory, config) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.parametrize("rule", adapter_rules(), ids=lambda rule: rule["name"]["as"])

@@ -12,19 +12,13 @@ import httpx
 import pytest
 
 from server.process import ServerHandle
-from tests.docker.tools import entrypoint_server
+from tests.docker.tools import answering_entrypoint_server
 
 
 @pytest.fixture(scope="package")
 def server(tiny_checkpoint_dir, tmp_path_factory) -> Iterator[ServerHandle]:
     log_path = tmp_path_factory.mktemp("entrypoint") / "server.log"
-    with entrypoint_server(tiny_checkpoint_dir, log_path) as handle:
-        response = httpx.post(
-            f"{handle.url}/generate",
-            json={"inputs": "12+34=", "parameters": {"max_new_tokens": 4}},
-            timeout=30.0,
-        )
-        assert response.status_code == 200, response.text
+    with answering_entrypoint_server(tiny_checkpoint_dir, log_path) as handle:
         yield handle
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -56,18 +57,16 @@ def wait_for_scrapes(url: str, job: str, process: subprocess.Popen, log: Path) -
     )
 
 
-@pytest.fixture(scope="module")
-def prometheus(server, tmp_path_factory) -> Iterator[str]:
-    binary = prometheus_tool("prometheus")
-    directory = tmp_path_factory.mktemp("prometheus")
-    config = scrape_config_for(server)
+@contextmanager
+def running_prometheus(directory: Path, config: dict) -> Iterator[str]:
+    """A real Prometheus on a free port with `config`, its first scrape of every job done."""
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log_path = directory / "prometheus.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [
-                binary,
+                prometheus_tool("prometheus"),
                 f"--config.file={directory / 'prometheus.yml'}",
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -77,11 +76,19 @@ def prometheus(server, tmp_path_factory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_scrapes(url, config["scrape_configs"][0]["job_name"], process, log_path)
+        for job in config["scrape_configs"]:
+            wait_for_scrapes(url, job["job_name"], process, log_path)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def prometheus(server, tmp_path_factory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("prometheus")
+    with running_prometheus(directory, scrape_config_for(server)) as url:
+        yield url
 
 
 @pytest.mark.parametrize(

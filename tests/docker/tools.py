@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from server.process import ServerHandle, free_port, settings_env, wait_healthy
@@ -124,3 +125,17 @@ def entrypoint_server(checkpoint_dir: Path, log_path: Path) -> Iterator[ServerHa
         yield handle
     finally:
         handle.terminate()
+
+
+@contextmanager
+def answering_entrypoint_server(checkpoint_dir: Path, log_path: Path) -> Iterator[ServerHandle]:
+    """`entrypoint_server` after one generation, so the labelled series (requests by finish
+    reason) already stand in /metrics."""
+    with entrypoint_server(checkpoint_dir, log_path) as handle:
+        response = httpx.post(
+            f"{handle.url}/generate",
+            json={"inputs": "12+34=", "parameters": {"max_new_tokens": 4}},
+            timeout=30.0,
+        )
+        assert response.status_code == 200, response.text
+        yield handle
