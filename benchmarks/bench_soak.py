@@ -10,7 +10,8 @@ roles and roles that do not alternate), with a small queue (`max_concurrent_requ
 (default 2,200) requests in rounds: `CONCURRENCY` clients draw random requests over the native
 (`/generate`), TGI (`/generate_stream`, `/`) and OpenAI (`/v1/completions`,
 `/v1/chat/completions`) routes, streaming and not, with random valid parameters or one of the bad
-inputs of issue 14 (too many or too long stop strings, huge `max_backtracks`, seed 2**64,
+inputs the server must refuse (too many or too long stop strings, huge `max_backtracks`, a
+negative or fractional seed, `n` past 16, a token id past the vocabulary,
 temperature 1e-40, NaN and infinity, oversize bodies with and without a length, bad and
 non-alternating chat roles, made-up paths and methods, broken JSON, ...). A quarter of the
 streams are dropped by the client after 1-3 events. Each round ends with a burst of
@@ -46,8 +47,6 @@ import math
 import os
 import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from server.process import ServerHandle, free_port, wait_healthy
 
 RUN_BY_DEFAULT = False
 """Minutes, not seconds: run it by name (`make bench-soak`)."""
@@ -240,9 +241,11 @@ def valid_case(rng: random.Random, kind: str = "valid") -> Case:
     )
 
 
-def _with(rng: random.Random, **changes: Any) -> tuple[str, dict[str, Any]]:
+def _with(
+    rng: random.Random, paths: tuple[str, ...] = GENERATION_PATHS, **changes: Any
+) -> tuple[str, dict[str, Any]]:
     """A good body on a random route, with `changes` (TGI names) put where that route reads them."""
-    path = rng.choice(GENERATION_PATHS)
+    path = rng.choice(paths)
     stream = path == "/generate_stream" or rng.random() < 0.5
     body = generation_body(rng, path, stream, {}, rng.randint(1, 8))
     target = body if path.startswith("/v1/") else body["parameters"]
@@ -255,9 +258,14 @@ def _with(rng: random.Random, **changes: Any) -> tuple[str, dict[str, Any]]:
     return path, body
 
 
-def bad_parameter(name: str, **changes: Any) -> Callable[[random.Random], Case]:
+NATIVE_PATHS = tuple(path for path in GENERATION_PATHS if not path.startswith("/v1/"))
+
+
+def bad_parameter(
+    name: str, paths: tuple[str, ...] = GENERATION_PATHS, **changes: Any
+) -> Callable[[random.Random], Case]:
     def make(rng: random.Random) -> Case:
-        path, body = _with(rng, **changes)
+        path, body = _with(rng, paths, **changes)
         return Case(name, "POST", path, body, expect=frozenset({422}))
 
     return make
@@ -331,9 +339,10 @@ BAD_INPUTS: tuple[Callable[[random.Random], Case], ...] = (
     bad_parameter("empty_stop_string", stop=[""]),
     bad_parameter("huge_max_backtracks", max_backtracks=10**9),
     bad_parameter("huge_max_backtrack_depth", max_backtrack_depth=10**6),
-    bad_parameter("seed_2_64", seed=2**64),
+    bad_parameter("seed_not_integral", seed=2.5),
     bad_parameter("negative_seed", seed=-1),
-    bad_parameter("temperature_1e-40", temperature=1e-40, do_sample=True),
+    # OpenAI's routes decode greedily below 0.01, as vLLM does: only TGI's refuse it
+    bad_parameter("temperature_1e-40", NATIVE_PATHS, temperature=1e-40, do_sample=True),
     bad_parameter("negative_temperature", temperature=-1.0, do_sample=True),
     bad_raw("temperature_nan", "NaN"),
     bad_raw("temperature_infinity", "Infinity"),
@@ -343,7 +352,8 @@ BAD_INPUTS: tuple[Callable[[random.Random], Case], ...] = (
     bad_parameter("threshold_out_of_range", backtrack_threshold=1.5),
     bad_parameter("unknown_mode", mode="sideways"),
     bad_parameter("huge_max_new_tokens", max_new_tokens=10**30),
-    bad_parameter("zero_max_new_tokens", max_new_tokens=0),
+    # OpenAI completions take max_tokens 0 (echo scores the prompt alone): only TGI's refuse it
+    bad_parameter("zero_max_new_tokens", NATIVE_PATHS, max_new_tokens=0),
     bad_parameter("wrong_type", seed="seven"),
     oversize(chunked=False),
     oversize(chunked=True),
@@ -352,9 +362,9 @@ BAD_INPUTS: tuple[Callable[[random.Random], Case], ...] = (
     shaped("empty_prompt", "/generate", {"inputs": ""}),
     shaped("unknown_native_parameter", "/generate", {"inputs": "1", "parameters": {"foo": 1}}),
     shaped("unsupported_tgi_option", "/", {"inputs": "1", "parameters": {"watermark": True}}),
-    shaped("n_2", "/v1/completions", {"prompt": "1", "n": 2}),
-    shaped("unsupported_openai_option", "/v1/completions", {"prompt": "1", "logprobs": 3}),
-    shaped("two_prompts", "/v1/completions", {"prompt": ["1", "2"]}),
+    shaped("n_over_16", "/v1/completions", {"prompt": "1", "n": 17}),
+    shaped("unsupported_openai_option", "/v1/completions", {"prompt": "1", "best_of": 2}),
+    shaped("token_id_past_vocabulary", "/v1/completions", {"prompt": [10**9]}),
     shaped("prompt_not_a_string", "/v1/completions", {"prompt": {"a": 1}}),
     chat("unknown_chat_role", [{"role": "robot", "content": "hi"}]),
     chat(
@@ -532,7 +542,8 @@ def json_finish_reason(text: str) -> str | None:
 
 
 def save_checkpoint(directory: Path) -> Path:
-    """The random tiny Llama, with a strict chat template for the chat route."""
+    """The random tiny Llama, with a strict chat template that its prompts go through."""
+    from backtrack.checkpoint import load_metadata, save_metadata
     from backtrack.tiny import save_tiny_checkpoint
 
     save_tiny_checkpoint(str(directory))
@@ -540,13 +551,10 @@ def save_checkpoint(directory: Path) -> Path:
     config = json.loads(config_path.read_text())
     config["chat_template"] = STRICT_CHAT_TEMPLATE
     config_path.write_text(json.dumps(config))
+    metadata = load_metadata(directory)
+    metadata.prompt_format = "chat"  # a `plain` checkpoint joins chat messages, never templating
+    save_metadata(directory, metadata)
     return directory
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_command(checkpoint: Path, port: int) -> list[str]:
@@ -806,20 +814,6 @@ async def soak(url: str, pid: int, total: int, rng: random.Random) -> dict[str, 
     return summarise(outcomes, tracker.drops, rss, metrics, idle, residuals, seconds)
 
 
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"server not healthy after {timeout} s:\n{log.read_text()}")
-
-
 def log_problems(text: str) -> int:
     """Tracebacks and ERROR lines the server logged."""
     return sum(1 for line in text.splitlines() if "Traceback" in line or " ERROR " in line)
@@ -841,20 +835,14 @@ def run() -> dict[str, Any]:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
-        url = f"http://127.0.0.1:{port}"
+        handle = ServerHandle(f"http://127.0.0.1:{port}", port, process, log)
         try:
-            wait_healthy(url, process, log)
-            figures = asyncio.run(soak(url, process.pid, REQUESTS, rng))
+            wait_healthy(handle, timeout=120.0)
+            figures = asyncio.run(soak(handle.url, process.pid, REQUESTS, rng))
             figures["server_alive_at_end"] = process.poll() is None
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        figures["server_exit_status"] = process.returncode
+            exit_status = handle.terminate(timeout=30.0)
+        figures["server_exit_status"] = exit_status
         figures["server_log_problems"] = log_problems(log.read_text(errors="replace"))
     failures = failed_checks(figures)
     if not figures["server_alive_at_end"]:
