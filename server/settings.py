@@ -44,7 +44,25 @@ class Settings(BaseSettings):
     trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype"
+        "auto",
+        description="weights and compute dtype; auto: bfloat16 on a GPU that has it and on a CPU "
+        "with AMX or AVX-512 bf16, else float32 (sampling decisions stay float32)",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads for the model's forwards (default: the CPUs this process may use, "
+        "from its affinity and the cgroup CPU quota)",
+    )
+    kv_layout: Literal["auto", "slots", "padded"] = Field(
+        "auto",
+        description="KV cache layout: slots (addressed by position, compilable), padded (one "
+        "left-padded cache, any full-attention model); auto: slots where the model allows",
+    )
+    compile: bool = Field(
+        True,
+        description="compile the batched decode step (torch.compile; CUDA graphs on a GPU) and "
+        "warm it up before /health reports ready; needs kv_layout slots",
     )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")

@@ -5,6 +5,7 @@ Nothing here touches the network; everything is built from a config in well unde
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,11 @@ from backtrack.tiny import (
 from backtrack.tokens import backtrack_token_id
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# Servers the suite starts decode eagerly in float32, so that their figures match the in-process
+# references; the compiled step and bf16 have tests of their own that set these explicitly.
+os.environ.setdefault("BACKTRACK_COMPILE", "false")
+os.environ.setdefault("BACKTRACK_DTYPE", "float32")
 
 
 @pytest.fixture(scope="session")

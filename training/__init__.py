@@ -12,3 +12,7 @@ modeling.py    the starting model: a tiny Llama from scratch or a local pretrain
 train.py       the entry point (`make train`)
 evaluate.py    held-out figures with the server's decoder (`make eval`)
 """
+
+from backtrack.threads import prefer_sleeping_waits
+
+prefer_sleeping_waits()  # before torch loads OpenMP: idle threads sleep on shared cores

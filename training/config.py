@@ -134,8 +134,8 @@ class TrainingConfig:
     seed: int = 0
     resume: bool = True
     """Continue from the newest Trainer checkpoint in `<output_dir>/trainer` when one exists."""
-    threads: int = 2
-    """torch CPU threads (the default machine has two cores)."""
+    threads: int | None = None
+    """torch CPU threads; None: the CPUs this process may use (affinity, cgroup CPU quota)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: far less memory for about a third more time.
     Under FSDP use the accelerate config's `fsdp_activation_checkpointing` instead."""

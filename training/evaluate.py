@@ -32,8 +32,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from backtrack.batch import decode_all, final_event
 from backtrack.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from backtrack.device import resolve_dtype
 from backtrack.params import MODES, BacktrackPolicy, GenerationParams, Mode
 from backtrack.prompts import PromptEncoder
+from backtrack.threads import configure_threads
 from training.config import Config, config_from_dict
 from training.data import encode, load_problems
 from training.errors import in_distribution_source, out_of_distribution_source
@@ -256,20 +258,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
-        "--threads", type=int, default=2, help="intra-op threads for the batched forwards"
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads for the batched forwards (default: the CPUs this process may use)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "auto"],
+        default="float32",
+        help="weights and compute dtype (auto: as the server picks it)",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
+    device = torch.device("cpu")
     try:
-        checkpoint = load_checkpoint(args.checkpoint, torch.device("cpu"), torch.float32)
+        checkpoint = load_checkpoint(args.checkpoint, device, resolve_dtype(args.dtype, device))
     except CheckpointError as error:
         parser.error(f"{error} (make train writes checkpoints/default)")
     figures = evaluate_checkpoint(
         checkpoint, args.problems, tuple(args.temperatures), tuple(args.modes)
     )
-    output = Path(args.checkpoint) / "eval.json"
+    suffix = "" if args.dtype == "float32" else f".{args.dtype}"
+    output = Path(args.checkpoint) / f"eval{suffix}.json"
     output.write_text(json.dumps(figures, indent=2) + "\n")
-    plot = save_accuracy_plot(figures, Path(args.checkpoint) / "accuracy.png")
+    plot = save_accuracy_plot(figures, Path(args.checkpoint) / f"accuracy{suffix}.png")
     print(format_report(figures))
     print(f"written to {output} and {plot}")
 

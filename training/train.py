@@ -26,6 +26,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from backtrack.checkpoint import CheckpointMetadata, save_metadata
+from backtrack.threads import configure_threads
 from training import lora
 from training.collator import BacktrackCollator
 from training.config import Config, ConfigError, PhaseConfig, load_config
@@ -192,7 +193,7 @@ def resume_point(config: Config, trainer: Trainer) -> str | None:
 def train(config: Config) -> Path:
     """Run the training described by `config`; return the checkpoint directory."""
     lora.check_supported(config.lora, config.model)
-    torch.set_num_threads(config.training.threads)
+    configure_threads(config.training.threads)
     set_seed(config.training.seed)
     output = Path(config.training.output_dir)
     quantization = lora.quantization_config(config.lora, getattr(torch, config.model.dtype))

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from transformers import MistralConfig, MistralForCausalLM
 
 from backtrack.batch import BatchDecoder, StepReport, decode_all, final_event
+from backtrack.compiled import CompiledStep
 from backtrack.events import BacktrackEvent, DoneEvent, Event, TokenEvent, replay
 from backtrack.kv import PaddedKV, UnsupportedModel
 from backtrack.params import GenerationParams
@@ -78,9 +79,22 @@ def act_between_steps(decoder: BatchDecoder, outcome: Outcome, plan: Plan) -> No
         outcome.events.extend(decoder.cancel(row, "cancelled"))
 
 
-def run(model, tokenizer, backtrack_id, plans: list[Plan], chunk: int, check=None) -> list[Outcome]:
+def run(
+    model,
+    tokenizer,
+    backtrack_id,
+    plans: list[Plan],
+    chunk: int,
+    check=None,
+    layout: str = "slots",
+    compiled: bool = False,
+) -> list[Outcome]:
     """Decode the plans in one batch decoder; `check(decoder)` runs before every decision."""
-    decoder = BatchDecoder(model, tokenizer, backtrack_id, prefill_chunk_tokens=chunk)
+    decoder = BatchDecoder(
+        model, tokenizer, backtrack_id, prefill_chunk_tokens=chunk, kv_layout=layout
+    )
+    if compiled:
+        CompiledStep(decoder.kv)
     outcomes = [Outcome() for _ in plans]
     step = 0
     while step < 10_000:
@@ -134,14 +148,24 @@ PLAN = st.builds(
 )
 
 
+@pytest.mark.parametrize("layout", ["slots", "padded"])
 @FIXTURES
 @given(plans=st.lists(PLAN, min_size=2, max_size=8), chunk=st.integers(1, 8))
 def test_batched_greedy_equals_each_request_alone_and_logits_stay_fresh(
-    tiny_model, char_tokenizer, backtrack_id, plans, chunk
+    tiny_model, char_tokenizer, backtrack_id, plans, chunk, layout
 ):
-    alone = [run(tiny_model, char_tokenizer, backtrack_id, [plan], chunk)[0] for plan in plans]
+    alone = [
+        run(tiny_model, char_tokenizer, backtrack_id, [plan], chunk, layout=layout)[0]
+        for plan in plans
+    ]
     batched = run(
-        tiny_model, char_tokenizer, backtrack_id, plans, chunk, visible_logits_are_fresh(tiny_model)
+        tiny_model,
+        char_tokenizer,
+        backtrack_id,
+        plans,
+        chunk,
+        visible_logits_are_fresh(tiny_model),
+        layout=layout,
     )
     for solo, together in zip(alone, batched, strict=True):
         assert comparable(together.events) == comparable(solo.events)
@@ -251,7 +275,9 @@ def test_holes_left_by_rewinds_are_compacted_and_decoding_stays_exact(
     params = GenerationParams(
         max_new_tokens=40, backtrack_policy="never", max_backtracks=100, ignore_eos=True
     )
-    decoder = BatchDecoder(tiny_model, char_tokenizer, backtrack_id, compact_slack=4)
+    decoder = BatchDecoder(
+        tiny_model, char_tokenizer, backtrack_id, compact_slack=4, kv_layout="padded"
+    )
     steady, rewinding = decoder.add([1, 5, 6], params), decoder.add([1, 7], params)
     for step in range(30):
         decoder.step()

@@ -1,0 +1,88 @@
+"""How many threads the model may use, and how they wait: no fight over shared cores.
+
+torch sizes its OpenMP pool from the host's core count, and OpenMP threads spin while they
+wait for work. A process confined to fewer CPUs (a container's CPU quota, `taskset`) or sharing
+its cores with another busy process then spends its time spinning for a core it does not have:
+measured here, a 2-thread decode step beside one busy process took 4-20x its quiet time.
+
+So the pool is sized from the CPUs this process may use (its affinity mask and the cgroup CPU
+quota, as a container sees them), and waiting threads sleep instead of spinning
+(`OMP_WAIT_POLICY=PASSIVE`, which costs nothing measurable on quiet cores: `make bench-step`).
+The wait policy is read once, when torch loads its OpenMP runtime, so `prefer_sleeping_waits`
+must run before torch is imported; the packages that run models call it in their `__init__`.
+This module imports nothing heavy for that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+
+WAIT_POLICY = "OMP_WAIT_POLICY"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def prefer_sleeping_waits() -> None:
+    """Idle OpenMP threads sleep (unless the environment already chose a policy)."""
+    os.environ.setdefault(WAIT_POLICY, "PASSIVE")
+
+
+def _cgroup_v2_quota(root: Path) -> float | None:
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return int(quota) / int(period)
+
+
+def _cgroup_v1_quota(root: Path) -> float | None:
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs' worth of time the cgroup allows (`cpu.max`, or v1's cfs quota); None: no limit."""
+    return _cgroup_v2_quota(root) or _cgroup_v1_quota(root)
+
+
+def available_cpus(root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may really use: its affinity mask, capped by the CPU quota."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        allowed = os.cpu_count() or 1
+    quota = cpu_quota(root)
+    if quota is not None:
+        allowed = min(allowed, max(1, math.floor(quota)))
+    return max(1, allowed)
+
+
+def default_threads() -> int:
+    """`OMP_NUM_THREADS` when the environment sets it, else the CPUs this process may use."""
+    named = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if named.isdigit() and int(named) > 0:
+        return int(named)
+    return available_cpus()
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Size torch's pools: `threads` intra-op threads (default: `default_threads`) and one
+    inter-op thread (one forward runs at a time). Returns the count."""
+    import torch
+
+    count = threads if threads is not None else default_threads()
+    if count < 1:
+        raise ValueError(f"threads must be at least 1 (got {count})")
+    torch.set_num_threads(count)
+    # already set, or parallel work already ran: keep what is there
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    return count

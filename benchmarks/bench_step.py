@@ -1,0 +1,286 @@
+"""The decode step against the hardware's limits, and against itself on shared cores.
+
+In one run, on the same cores:
+
+* the machine's own bounds: a large-array read (GB/s) and a large square fp32 and bf16 matmul
+  (GFLOP/s);
+* decode tokens/s of the batch decoder at 1, 2, 4, 8 and 16 rows, greedy, on the 4x512 random
+  Llama and on SmolLM2-135M (when `scripts/fetch_smollm2.sh` has run): the padded layout eager
+  (the previous release), the position-addressed layout eager and compiled, in fp32, and the
+  compiled step in bf16;
+* the ratios the engine is judged by: one fp32 SmolLM2 stream against the bandwidth bound
+  (weights bytes / GB/s), bf16 against fp32 at one stream, the 16-row step's FLOP/s against the
+  matmul's;
+* shared cores: one stream's tokens/s and the default config's training steps/s, quiet and
+  with one busy single-threaded process beside, under each OpenMP wait policy.
+
+Every measurement runs in a fresh process (`python -m benchmarks.bench_step --worker SPEC`):
+the OpenMP wait policy is fixed when torch loads, and a measurement must not inherit another's
+compiled graphs or allocator state. Compiled kernels are cached on disk by inductor, so a
+second run compiles faster. Run: `make bench-step`. Nothing else should run on the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+RUN_BY_DEFAULT = False
+ROWS = (1, 2, 4, 8, 16)
+NEW_TOKENS = 64
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = (
+    ("padded", "float32", False),
+    ("slots", "float32", False),
+    ("slots", "float32", True),
+    ("slots", "bfloat16", True),
+)
+
+
+# -- workers (each in its own process) --------------------------------------------------------
+
+
+def _model(name: str, dtype: str):
+    import torch
+
+    if name == "llama":
+        from backtrack.tiny import build_char_tokenizer, build_tiny_llama, tiny_llama_config
+        from backtrack.tokens import backtrack_token_id
+
+        tokenizer = build_char_tokenizer()
+        config = tiny_llama_config(
+            len(tokenizer), hidden_size=512, num_layers=4, num_heads=8, max_positions=4096
+        )
+        model = build_tiny_llama(config)
+        backtrack_id = backtrack_token_id(tokenizer)
+        prompt = [1, *range(5, 25)]
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from benchmarks.smollm2_checkpoint import smollm2_checkpoint
+
+        directory = smollm2_checkpoint()
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        backtrack_id = tokenizer.convert_tokens_to_ids("<|BACKTRACK|>")
+        prompt = tokenizer("The capital of France is a city that")["input_ids"]
+    return model.to(getattr(torch, dtype)), tokenizer, backtrack_id, prompt
+
+
+def _decode(spec: dict) -> dict:
+    """Tokens/s at each row count, best of two rounds after a warm-up round."""
+    import torch
+
+    from backtrack.batch import BatchDecoder
+    from backtrack.compiled import CompiledStep
+    from backtrack.params import GenerationParams
+    from backtrack.threads import configure_threads
+
+    configure_threads(spec.get("threads"))
+    model, tokenizer, backtrack_id, prompt = _model(spec["model"], spec["dtype"])
+    params = GenerationParams(
+        max_new_tokens=spec.get("new_tokens", NEW_TOKENS), backtrack_policy="never", ignore_eos=True
+    )
+    started = time.perf_counter()
+    decoder = BatchDecoder(model, tokenizer, backtrack_id, kv_layout=spec["layout"])
+    if spec["compiled"]:
+        CompiledStep(decoder.kv).warm_up(max(spec["rows"]))
+    compile_seconds = time.perf_counter() - started
+
+    def one_round(rows: int) -> float:
+        for index in range(rows):
+            decoder.add(prompt[: len(prompt) - index % 5], params)
+        decoder.prefill()
+        start = time.perf_counter()
+        tokens = 0
+        while decoder.rows:
+            tokens += decoder.step().sampled_tokens
+        return tokens / (time.perf_counter() - start)
+
+    figures: dict = {"compile_seconds": round(compile_seconds, 1)}
+    with torch.inference_mode():
+        for rows in spec["rows"]:
+            one_round(rows)
+            figures[str(rows)] = max(one_round(rows) for _ in range(2))
+    figures["parameters"] = sum(p.numel() for p in model.parameters())
+    figures["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    return figures
+
+
+def _bounds(spec: dict) -> dict:
+    """Large-array read GB/s and square-matmul GFLOP/s, fp32 and bf16, best of five."""
+    import torch
+
+    from backtrack.threads import configure_threads
+
+    configure_threads(spec.get("threads"))
+    big = torch.ones(256 * 1024 * 1024 // 4)  # 1 GiB of float32
+    big.sum()
+    reads = []
+    for _ in range(5):
+        start = time.perf_counter()
+        big.sum()
+        reads.append(big.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    figures: dict = {"read_gb_per_s": max(reads)}
+    for dtype in ("float32", "bfloat16"):
+        a = torch.randn(2048, 2048).to(getattr(torch, dtype))
+        a @ a
+        best = 0.0
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ a
+            best = max(best, 2 * 2048**3 / (time.perf_counter() - start) / 1e9)
+        figures[f"matmul_{dtype}_gflops"] = best
+    return figures
+
+
+def _train(spec: dict) -> dict:
+    """Steps/s of the default config's model and batch (forward, backward, AdamW)."""
+    import torch
+
+    from backtrack.threads import configure_threads
+    from backtrack.tiny import build_char_tokenizer, build_tiny_llama, tiny_llama_config
+
+    configure_threads(spec.get("threads"))
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_llama(tiny_llama_config(len(tokenizer), hidden_size=128, num_layers=4))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = torch.randint(3, len(tokenizer), (64, 24))
+
+    def step() -> None:
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for _ in range(5):
+        step()
+    steps, start = spec.get("steps", 60), time.perf_counter()
+    for _ in range(steps):
+        step()
+    return {"steps_per_s": steps / (time.perf_counter() - start)}
+
+
+WORKERS = {"decode": _decode, "bounds": _bounds, "train": _train}
+
+
+# -- the orchestration -------------------------------------------------------------------------
+
+
+@contextmanager
+def busy_neighbour(active: bool):
+    """One busy single-threaded process beside the measurement (or nothing)."""
+    if not active:
+        yield
+        return
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+def measure(spec: dict, wait_policy: str = "PASSIVE", loaded: bool = False) -> dict:
+    env = {**os.environ, "OMP_WAIT_POLICY": wait_policy, "PYTHONWARNINGS": "ignore"}
+    env.pop("OMP_NUM_THREADS", None)
+    with busy_neighbour(loaded):
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_step", "--worker", json.dumps(spec)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"worker {spec} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _models() -> list[str]:
+    from benchmarks.smollm2_checkpoint import smollm2_missing
+
+    missing = smollm2_missing()
+    if missing:
+        print(f"bench_step: SmolLM2 skipped ({missing})", file=sys.stderr)
+    return ["llama"] + ([] if missing else ["smollm2"])
+
+
+def run() -> dict:
+    figures: dict = {}
+    bounds = measure({"kind": "bounds"})
+    figures.update({f"machine_{key}": value for key, value in bounds.items()})
+    for model in _models():
+        decoded: dict[tuple, dict] = {}
+        for layout, dtype, compiled in VARIANTS:
+            spec = {"kind": "decode", "model": model, "layout": layout, "dtype": dtype}
+            decoded[(layout, dtype, compiled)] = result = measure(
+                {**spec, "compiled": compiled, "rows": list(ROWS)}
+            )
+            name = f"{model}_{layout}_{'compiled' if compiled else 'eager'}_{dtype}"
+            for rows in ROWS:
+                figures[f"{name}_{rows}_rows_tok_s"] = round(result[str(rows)], 1)
+            if compiled:
+                figures[f"{name}_compile_s"] = result["compile_seconds"]
+        padded = decoded[("padded", "float32", False)]
+        fast = decoded[("slots", "float32", True)]
+        bf16 = decoded[("slots", "bfloat16", True)]
+        for rows in ROWS:
+            figures[f"{model}_compiled_vs_padded_{rows}_rows"] = round(
+                fast[str(rows)] / padded[str(rows)], 2
+            )
+        bound = bounds["read_gb_per_s"] * 1e9 / fast["weight_bytes"]
+        figures[f"{model}_fp32_bandwidth_bound_tok_s"] = round(bound, 1)
+        figures[f"{model}_fp32_one_stream_vs_bound"] = round(fast["1"] / bound, 2)
+        figures[f"{model}_bf16_vs_fp32_one_stream"] = round(bf16["1"] / fast["1"], 2)
+        flops = 2 * fast["parameters"] * fast["16"]
+        figures[f"{model}_16_rows_gflops_vs_matmul"] = round(
+            flops / 1e9 / bounds["matmul_float32_gflops"], 2
+        )
+    for policy in ("PASSIVE", "ACTIVE"):
+        for kind, spec in (
+            ("train", {"kind": "train"}),
+            (
+                "stream",
+                {
+                    "kind": "decode",
+                    "model": "llama",
+                    "layout": "slots",
+                    "dtype": "float32",
+                    "compiled": False,
+                    "rows": [1],
+                },
+            ),
+        ):
+            key = "steps_per_s" if kind == "train" else "1"
+            quiet = measure(spec, policy)[key]
+            loaded = measure(spec, policy, loaded=True)[key]
+            figures[f"shared_{kind}_{policy.lower()}_quiet"] = round(quiet, 2)
+            figures[f"shared_{kind}_{policy.lower()}_loaded"] = round(loaded, 2)
+            figures[f"shared_{kind}_{policy.lower()}_loaded_vs_quiet"] = round(loaded / quiet, 2)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", help="run one measurement (JSON spec) and print its figures")
+    args = parser.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(WORKERS[spec["kind"]](spec)))
+        return
+    for key, value in run().items():
+        print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Thread counts from what the process may really use, and idle threads that sleep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from backtrack import threads
+
+
+def write_cgroup_v2(root, text: str) -> None:
+    (root / "cpu.max").write_text(text)
+
+
+def test_the_cgroup_v2_quota_caps_the_cpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    write_cgroup_v2(tmp_path, "150000 100000\n")  # 1.5 CPUs of time: one whole thread
+    assert threads.cpu_quota(tmp_path) == 1.5
+    assert threads.available_cpus(tmp_path) == 1
+    write_cgroup_v2(tmp_path, "400000 100000\n")
+    assert threads.available_cpus(tmp_path) == 4
+    write_cgroup_v2(tmp_path, "max 100000\n")
+    assert threads.cpu_quota(tmp_path) is None
+    assert threads.available_cpus(tmp_path) == 8
+
+
+def test_the_cgroup_v1_quota_is_read_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.available_cpus(tmp_path) == 2
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit"
+    assert threads.available_cpus(tmp_path) == 4
+
+
+def test_the_affinity_mask_bounds_the_cpus_without_a_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert threads.available_cpus(tmp_path) == 1
+
+
+def test_omp_num_threads_wins_over_the_cpu_count_and_a_setting_over_both(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert threads.default_threads() == 1
+        assert threads.configure_threads() == 1
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert threads.default_threads() == threads.available_cpus()
+        assert threads.configure_threads(2) == 2
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="at least 1"):
+            threads.configure_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_the_packages_makes_idle_threads_sleep_unless_told_otherwise():
+    code = "import os, server, training; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "PASSIVE", result.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "ACTIVE", result.stderr
