@@ -9,14 +9,16 @@ bound and a prefill runs once per request):
 * on CUDA, CUDA graphs (`mode="reduce-overhead"`), which need fixed shapes: the batch is padded
   to a power of two and each bucket is its own graph, the key window staying dynamic.
 
-`CompiledStep.shapes` counts the (rows, width) shapes seen; `warm_up` compiles them before the
-server reports healthy. Whether a compile happened is visible in the log.
+The KV buffers are dynamic too, so a buffer that grows (more rows, longer contexts) reuses the
+graphs. `CompiledStep.compiles` counts the graphs compiled (each is logged); `warm_up` compiles
+them before the server reports healthy, so serving never waits for a compile.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,19 +46,29 @@ class CompiledStep:
         self.cuda = kv.device.type == "cuda"
         self.shapes: set[tuple[int, int]] = set()
         """(rows, key width) shapes the step has run with."""
-        if not self.cuda:
-            torch._inductor.config.freezing = True
+        self.compiles = 0
+        """Graphs compiled so far."""
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        self._compiled = torch.compile(
-            kv._eager_step, mode="reduce-overhead" if self.cuda else None, dynamic=False
-        )
+        self._compiled = torch.compile(kv._eager_step, backend=self._backend, dynamic=False)
         kv.bucket_rows = self.cuda
         kv.decode_step = self
+
+    def _backend(self, graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        """Inductor, counting: frozen weights on CPU, CUDA graphs on a GPU."""
+        from torch._inductor.compile_fx import compile_fx
+
+        self.compiles += 1
+        log.info("compiling decode-step graph %d", self.compiles)
+        patches = {"triton.cudagraphs": True} if self.cuda else {"freezing": True}
+        return compile_fx(graph, example_inputs, config_patches=patches)
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         self.shapes.add((int(input_ids.shape[0]), int(mask.shape[-1])))
+        for buffer in (*self.kv.cache.key_buffers, *self.kv.cache.value_buffers):
+            torch._dynamo.mark_dynamic(buffer, 0)
+            torch._dynamo.mark_dynamic(buffer, 2)
         torch._dynamo.mark_dynamic(mask, 3)
         if not self.cuda and input_ids.shape[0] > 1:
             for tensor in (input_ids, position_ids, mask):

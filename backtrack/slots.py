@@ -217,7 +217,9 @@ class SlotKV:
 
     # -- buffers -------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def _allocate(self, rows: int, positions: int) -> SlotCache:
+        """Fresh buffers; always inference tensors, so a compiled step sees one kind only."""
         shape = (rows, self.kv_heads, positions, self.head_dim)
         options = {"dtype": self.dtype, "device": self.device}
         keys = [torch.zeros(shape, **options) for _ in range(self.layers)]
@@ -271,9 +273,6 @@ class SlotKV:
             logits_to_keep=logits_to_keep,
         )
         return output.logits
-
-    def _width(self, longest: int) -> int:
-        return min(bucket(longest, MIN_WIDTH), self.slots)
 
     # -- rows joining ------------------------------------------------------------------------------
 
@@ -370,8 +369,10 @@ class SlotKV:
                     raise RuntimeError(
                         f"row {row} feeds position {positions[row]} but holds {self.lengths[row]}"
                     )
-        self._reserve(padded, max(positions) + 2)
-        width = self._width(max(positions) + 1)
+        width = bucket(max(positions) + 1, MIN_WIDTH)
+        # room past the window: a window never spans the whole buffer (one shape rule fewer
+        # for a compiled step), and the positions written stay inside it
+        self._reserve(padded, width + 1)
         input_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
         position_ids = torch.tensor(positions, device=self.device).unsqueeze(1)
         mask = position_mask(position_ids, width, self.window)

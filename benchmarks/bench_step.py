@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,8 +216,33 @@ def _models() -> list[str]:
     return ["llama"] + ([] if missing else ["smollm2"])
 
 
+def startup_seconds(checkpoint: Path, cache_dir: Path) -> float:
+    """Seconds from `python -m server` to /health 200, the compiled step warmed up."""
+    from backtrack.threads import available_cpus
+    from server.process import running_server
+
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    with running_server(
+        checkpoint, startup_timeout=600, env=env, compile="true", threads=available_cpus()
+    ):
+        return time.perf_counter() - start
+
+
+def run_startup(checkpoint: Path = REPO_ROOT / "checkpoints" / "default") -> dict:
+    """Start-up of the default checkpoint with compile on: a cold compile cache, then a
+    restart that finds it (inductor's FX graph and C++ caches in TORCHINDUCTOR_CACHE_DIR)."""
+    if not (checkpoint / "backtrack.json").exists():
+        print(f"bench_step: start-up skipped ({checkpoint} missing: make train)", file=sys.stderr)
+        return {}
+    with tempfile.TemporaryDirectory() as cache:
+        cold = startup_seconds(checkpoint, Path(cache))
+        warm = startup_seconds(checkpoint, Path(cache))
+    return {"startup_cold_cache_s": round(cold, 1), "startup_warm_cache_s": round(warm, 1)}
+
+
 def run() -> dict:
-    figures: dict = {}
+    figures: dict = run_startup()
     bounds = measure({"kind": "bounds"})
     figures.update({f"machine_{key}": value for key, value in bounds.items()})
     for model in _models():

@@ -32,10 +32,14 @@ if device == "cuda":
     print(f"test_gpu: {torch.cuda.get_device_name()}")
 CHECK
 
-# A virtual environment that sees the host's torch and transformers, and adds the rest offline.
+# A virtual environment that sees the host's torch and transformers (a .pth file names the host
+# interpreter's site-packages, whether that interpreter is a system, conda or venv one) and adds
+# the rest offline.
 if [[ ! -x "${VENV}/bin/python" ]]; then
-    "${PYTHON}" -m venv --system-site-packages "${VENV}"
+    "${PYTHON}" -m venv "${VENV}"
     echo "*" >"${VENV}/.gitignore"
+    SITE="$("${VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    "${PYTHON}" -c 'import site, sys; print("\n".join(site.getsitepackages()))' >"${SITE}/host-site-packages.pth"
 fi
 if ! "${VENV}/bin/python" -c "import fastapi, uvicorn, pydantic_settings, sse_starlette, prometheus_client, httpx, pytest, hypothesis, pytest_timeout" 2>/dev/null; then
     [[ -d "${WHEELS}" ]] || { echo "test_gpu: ${WHEELS}/ is missing: run 'make wheels' on a connected machine" >&2; exit 1; }

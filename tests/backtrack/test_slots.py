@@ -163,18 +163,22 @@ def test_the_compiled_step_decodes_exactly_as_the_eager_one(
         assert logprobs(other.events) == pytest.approx(logprobs(one.events), abs=1e-4)
 
 
-def test_warm_up_compiles_the_batch_shapes_before_any_request(
+def test_warm_up_compiles_every_graph_serving_needs_and_growth_compiles_none(
     tiny_model, char_tokenizer, backtrack_id
 ):
     decoder = BatchDecoder(tiny_model, char_tokenizer, backtrack_id, kv_layout="slots")
     step = CompiledStep(decoder.kv)
     step.warm_up(max_rows=16)
-    assert {rows for rows, _ in step.shapes} == {1, 2}  # dynamic batch: 1 is its own graph
+    assert step.compiles == 2  # a batch of one, and one dynamic graph for every other size
     assert decoder.kv.rows == 0
-    row = decoder.add([1, 5, 6], STEADY)
+    params = GenerationParams(max_new_tokens=150, backtrack_policy="never", ignore_eos=True)
+    rows = [decoder.add([1, 5, 6 + index % 5], params) for index in range(9)]
+    before = (decoder.kv.capacity_rows, decoder.kv.slots)
     while decoder.rows:
         decoder.step()
-    assert len(row.visible_ids) == STEADY.max_new_tokens
+    assert (decoder.kv.capacity_rows, decoder.kv.slots) > before  # the buffers grew...
+    assert step.compiles == 2  # ...and the graphs took them as they were
+    assert all(len(row.visible_ids) == 150 for row in rows)
     decoder.add([1, 5], STEADY)
     decoder.prefill()
     with pytest.raises(RuntimeError, match="before any row joins"):

@@ -62,12 +62,15 @@ def test_the_compiled_step_runs_on_every_bucket(model, char_tokenizer, backtrack
     decoder = BatchDecoder(model, char_tokenizer, backtrack_id, kv_layout="slots")
     step = CompiledStep(decoder.kv)
     step.warm_up(max_rows=16)
+    compiled_at_start_up = step.compiles
     params = GenerationParams(max_new_tokens=40, backtrack_policy="never", ignore_eos=True)
     rows = [decoder.add([1, 5, 6 + index % 7], params) for index in range(11)]
     while decoder.rows:
         decoder.step()
     assert all(len(row.visible_ids) == 40 for row in rows)
-    assert {size for size, _ in step.shapes} <= {1, 2, 4, 8, 16}
+    assert step.compiles == compiled_at_start_up  # serving never waits for a compile
+    if DEVICE == "cuda":  # CUDA graphs need fixed shapes: the batch is padded to a bucket
+        assert {size for size, _ in step.shapes} <= {1, 2, 4, 8, 16}
 
 
 def test_the_server_answers_and_streams_on_the_device(tiny_checkpoint_dir):
