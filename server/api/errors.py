@@ -1,23 +1,66 @@
-"""Error bodies: every refusal is JSON naming what was wrong, never a 500 for bad input.
+"""Error bodies and their handlers: every refusal is JSON naming what was wrong, never a 500
+for bad input.
 
-TGI-style routes answer `{"error": str, "error_type": str}` (plus `field` for validation);
-`/v1/*` routes answer OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+TGI-style routes answer `TgiError` (`{"error": str, "error_type": str}`, plus `field` for
+validation); `/v1/*` routes answer `OpenAIError` (`{"error": {"message", "type", "param",
+"code"}}`). The same models document the refusals in the OpenAPI schema (`error_responses`).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from backtrack.params import GenerationParams, InvalidParameter, rule_text
-from server.api.schemas import StreamOptionsWithoutStream
-from server.engine import QueueFull, ShuttingDown
+from server.api.openai_protocol import StreamOptionsWithoutStream
+from server.bridge import QueueFull, ShuttingDown
+
+
+class TgiError(BaseModel):
+    """A refusal on the TGI routes (TGI's shape, plus the field for a validation error)."""
+
+    error: str
+    error_type: str
+    field: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | None = None
+
+
+class OpenAIError(BaseModel):
+    """A refusal on the /v1 routes (OpenAI's shape)."""
+
+    error: OpenAIErrorBody
+
+
+REFUSALS = {
+    400: "the body is not JSON, or stream_options without stream",
+    401: "missing or wrong API key",
+    404: "an unknown model",
+    413: "the body is larger than max_request_bytes",
+    422: "a field out of its range, of the wrong type, or unknown; names the field",
+    429: "every slot and queue place taken (Retry-After)",
+    499: "the client disconnected before the answer",
+    500: "generation failed",
+    503: "loading or shutting down (Retry-After)",
+}
+
+
+def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The refusals a generation route can answer, documented with their body."""
+    return {code: {"model": model, "description": text} for code, text in REFUSALS.items()}
 
 
 class ApiError(Exception):
@@ -35,25 +78,23 @@ class ApiError(Exception):
         self.status, self.message, self.error_type = status, message, error_type
         self.field, self.headers = field, headers
 
+    def tgi_body(self) -> TgiError:
+        return TgiError(error=self.message, error_type=self.error_type, field=self.field)
+
+    def openai_body(self) -> OpenAIError:
+        body = OpenAIErrorBody(
+            message=self.message, type=self.error_type, param=self.field, code=self.status
+        )
+        return OpenAIError(error=body)
+
 
 def error_response(request: Request, error: ApiError) -> JSONResponse:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None and request.method == "POST":
         metrics.rejected_requests.labels(endpoint_label(request), error.error_type).inc()
-    if request.url.path.startswith("/v1/"):
-        body: dict = {
-            "error": {
-                "message": error.message,
-                "type": error.error_type,
-                "param": error.field,
-                "code": error.status,
-            }
-        }
-    else:
-        body = {"error": error.message, "error_type": error.error_type}
-        if error.field is not None:
-            body["field"] = error.field
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+    body = error.openai_body() if request.url.path.startswith("/v1/") else error.tgi_body()
+    content = body.model_dump(exclude_none=isinstance(body, TgiError))
+    return JSONResponse(content, status_code=error.status, headers=error.headers)
 
 
 def endpoint_label(request: Request) -> str:

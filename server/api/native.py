@@ -16,11 +16,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backtrack.events import BacktrackEvent, DoneEvent, ErrorEvent, TokenEvent, event_payload
 from server.api.deps import Service, Streaming, require_api_key
-from server.api.errors import ApiError
+from server.api.errors import ApiError, TgiError, error_responses
 from server.api.formats import final_tokens, tgi_finish_reason
-from server.api.schemas import GenerateRequest, TgiError, error_responses, tgi_params
 from server.api.streaming import collect, sse_data, sse_event, sse_response
-from server.engine import Stream
+from server.api.tgi_protocol import GenerateRequest, tgi_params
+from server.bridge import Stream
 from server.service import GenerationService
 
 router = APIRouter(
@@ -28,8 +28,10 @@ router = APIRouter(
     tags=["generation"],
     responses={**error_responses(TgiError), 424: {"model": TgiError, "description": "failed"}},
 )
-EVENT_STREAM = {"text/event-stream": {}}
-JSON_OR_STREAM = {200: {"content": {"application/json": {}, **EVENT_STREAM}}}
+EVENT_STREAM: dict[str, Any] = {"text/event-stream": {}}
+JSON_OR_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, **EVENT_STREAM}}
+}
 
 
 async def _submit(

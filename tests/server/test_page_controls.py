@@ -15,7 +15,7 @@ import pytest
 
 from backtrack.params import MODES, POLICIES, GenerationParams
 from server.api.admin import INDEX_PAGE, parameters
-from server.service import Limits
+from server.limits import Limits
 
 HARNESS = r"""
 const vm = require("vm");

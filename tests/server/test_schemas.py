@@ -11,16 +11,14 @@ from pydantic import ValidationError
 from backtrack.params import GenerationParams, InvalidParameter, describe, rule_text
 from server.api.admin import parameters as info_parameters
 from server.api.errors import validation_error
-from server.api.schemas import (
+from server.api.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    GenerateRequest,
     OpenAIOptions,
-    Parameters,
     openai_params,
-    tgi_params,
 )
-from server.service import Limits
+from server.api.tgi_protocol import GenerateRequest, Parameters, tgi_params
+from server.limits import Limits
 
 LIMITS = Limits(max_input_tokens=100, max_new_tokens=50, default_max_new_tokens=20)
 
