@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backtrack.device import resolve_device
+from backtrack.validation import problems
 from server.limits import limit_field
 
 
@@ -153,8 +154,7 @@ def load_settings(argv: list[str] | None = None) -> Settings:
 
 def describe(error: ValidationError) -> str:
     """One line per bad setting: `setting max_queue_size: Input should be ... (got 'x')`."""
-    lines = []
-    for item in error.errors():
-        name = ".".join(str(part) for part in item["loc"]) or "settings"
-        lines.append(f"setting {name}: {item['msg']} (got {item.get('input')!r})")
-    return "\n".join(lines)
+    return "\n".join(
+        f"setting {problem.field(empty='settings')}: {problem.message} (got {problem.value!r})"
+        for problem in problems(error.errors())
+    )

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from backtrack.params import GenerationParams, InvalidParameter, rule_text
+from backtrack.validation import Problem, problems
 from server.api.openai_protocol import StreamOptionsWithoutStream
 from server.bridge import QueueFull, ShuttingDown
 
@@ -122,15 +123,14 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def field_name(location: tuple | list) -> str:
-    """`("body", "parameters", "top_k")` -> `parameters.top_k`; pydantic's union member tags
-    (`prompt.str`, `prompt.list[int].0`) are not field names and are left out."""
-    parts = [
-        str(part)
-        for part in location
-        if part != "body" and not (isinstance(part, str) and _UNION_TAG.match(part))
-    ]
-    return ".".join(parts) or "body"
+def _not_a_field(part: str | int) -> bool:
+    """`body`, and pydantic's union member tags (`prompt.str`, `prompt.list[int].0`)."""
+    return part == "body" or (isinstance(part, str) and bool(_UNION_TAG.match(part)))
+
+
+def field_name(location: tuple[str | int, ...]) -> str:
+    """`("body", "parameters", "top_k")` -> `parameters.top_k`."""
+    return Problem(location, "", "").field(skip=_not_a_field, empty="body")
 
 
 BOUNDS = ("ge", "gt", "le", "lt")
@@ -149,7 +149,7 @@ RANGE_ERRORS = frozenset(
 """Pydantic's range errors: for a vocabulary field, worded by the vocabulary (its rule)."""
 
 
-def _vocabulary_field(location: tuple | list) -> tuple[str, FieldInfo] | None:
+def _vocabulary_field(location: tuple[str | int, ...]) -> tuple[str, FieldInfo] | None:
     """(`parameters.stop`, its FieldInfo) when the location is inside a vocabulary field."""
     parts = field_name(location).split(".")
     for number, part in enumerate(parts):
@@ -159,24 +159,24 @@ def _vocabulary_field(location: tuple | list) -> tuple[str, FieldInfo] | None:
 
 
 def validation_error(error: RequestValidationError) -> ApiError:
-    first = error.errors()[0]
-    name = field_name(first.get("loc", ()))
-    cause = first.get("ctx", {}).get("error")
+    first = problems(error.errors())[0]
+    name = first.field(skip=_not_a_field, empty="body")
+    cause = first.context.get("error")
     if isinstance(cause, StreamOptionsWithoutStream):
         return ApiError(400, f"stream_options: {cause}", "invalid_request_error", "stream_options")
-    vocabulary = _vocabulary_field(first.get("loc", ()))
-    if vocabulary is not None and first.get("type") in RANGE_ERRORS:
+    vocabulary = _vocabulary_field(first.location)
+    if vocabulary is not None and first.kind in RANGE_ERRORS:
         prefix, info = vocabulary
         rule = rule_text(info)
-        limits = {_number(value) for value in first.get("ctx", {}).values()}
+        limits = {_number(value) for value in first.context.values()}
         bounds = {_number(getattr(item, key, None)) for item in info.metadata for key in BOUNDS}
-        worded = first.get("type") == "string_too_short" or limits <= bounds
+        worded = first.kind == "string_too_short" or limits <= bounds
         worded = worded and prefix.rsplit(".", 1)[-1] not in WIDER_ON_THE_WIRE
         if rule and worded:  # the vocabulary's own range (not a narrower one)
             return ApiError(422, f"{prefix} {rule}", "validation", prefix)
-    if first.get("type") == "json_invalid":
-        return ApiError(422, f"body: invalid JSON ({first.get('msg')})", "validation", "body")
-    return ApiError(422, f"{name}: {first.get('msg')}", "validation", name)
+    if first.kind == "json_invalid":
+        return ApiError(422, f"body: invalid JSON ({first.message})", "validation", "body")
+    return ApiError(422, f"{name}: {first.message}", "validation", name)
 
 
 def install_error_handlers(app: FastAPI) -> None:

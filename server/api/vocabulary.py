@@ -56,11 +56,14 @@ class StrictRequest(BaseModel):
 StopText = Annotated[str, Field(min_length=1)]
 
 
-def request_fields(exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+def request_fields(
+    exclude: frozenset[str] = frozenset(), model: type[GenerationParams] = GenerationParams
+) -> dict[str, Any]:
     """Every parameter of the vocabulary, optional (None = this server's default), with its
-    type, docstring and range, so the OpenAPI schema states every bound the server enforces."""
+    type, docstring and range, so the OpenAPI schema states every bound the server enforces
+    (field definitions for `pydantic.create_model`)."""
     fields: dict[str, Any] = {}
-    for name, info in GenerationParams.model_fields.items():
+    for name, info in model.model_fields.items():
         if name in exclude:
             continue
         annotation: Any = info.annotation
