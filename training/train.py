@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
