@@ -22,8 +22,8 @@ from backtrack.validation import problems
 
 Mode = Literal["rewind", "keep"]
 BacktrackPolicy = Literal["argmax", "threshold", "sample", "never"]
-MODES: tuple[str, ...] = get_args(Mode)
-POLICIES: tuple[str, ...] = get_args(BacktrackPolicy)
+MODES: tuple[Mode, ...] = get_args(Mode)
+POLICIES: tuple[BacktrackPolicy, ...] = get_args(BacktrackPolicy)
 MIN_TEMPERATURE = 1e-2
 """Below it logits / temperature overflow to inf and sampling fails (vLLM clamps here too)."""
 MAX_SEED = 2**64 - 1

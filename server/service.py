@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import torch
 
+from backtrack.detokenize import decoded
 from backtrack.params import GenerationParams, InvalidParameter
 from server.bridge import Stream
 from server.engine import Engine
@@ -100,10 +101,10 @@ class GenerationService:
         return self._within_limits(ids, field)
 
     def decode(self, ids: list[int]) -> str:
-        return self.served.tokenizer.decode(ids)
+        return decoded(self.served.tokenizer, ids)
 
     def token_text(self, token: int) -> str:
-        return self.served.tokenizer.decode([token])
+        return decoded(self.served.tokenizer, [token])
 
     @property
     def input_token_limit(self) -> int:

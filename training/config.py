@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
-from pydantic.dataclasses import dataclass as _pydantic_dataclass
+from pydantic.dataclasses import dataclass
 
 from backtrack.prompts import PROMPT_FORMATS
 from backtrack.validation import problems
@@ -32,15 +32,11 @@ class ConfigError(ValueError):
 
 
 SECTION = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-"""Unknown fields are mistakes; a number where a string goes (`output_dir=2024`) is a string."""
+"""Every section is a pydantic dataclass with this config: unknown fields are mistakes; a number
+where a string goes (`output_dir=2024`) is a string."""
 
 
-def dataclass(cls: type) -> Any:
-    """A section: a standard dataclass whose fields pydantic validates on construction."""
-    return _pydantic_dataclass(config=SECTION)(cls)
-
-
-@dataclass
+@dataclass(config=SECTION)
 class ModelConfig:
     name_or_path: str = "tiny"
     """`tiny`: a Llama built from the fields below and trained from scratch with the char
@@ -55,7 +51,7 @@ class ModelConfig:
     trust_remote_code: bool = False
 
 
-@dataclass
+@dataclass(config=SECTION)
 class DataConfig:
     task: str | None = "addition"
     """The bundled synthetic task (`addition`); None reads `train_file`/`eval_file` instead."""
@@ -79,7 +75,7 @@ class DataConfig:
     `backtrack.json`; the server encodes every route's prompts the same way."""
 
 
-@dataclass
+@dataclass(config=SECTION)
 class PhaseConfig:
     start_epoch: float = 0.0
     """The phase begins at this (fractional) epoch and lasts until the next phase begins."""
@@ -89,7 +85,7 @@ class PhaseConfig:
     """Share of examples that are corrupted in this phase; the rest stay clean."""
 
 
-@dataclass
+@dataclass(config=SECTION)
 class BacktrackConfig:
     use_backtrack: bool = True
     """False trains plain SFT (no injected errors): the baseline to compare against."""
@@ -114,7 +110,7 @@ class BacktrackConfig:
     """Words whose embeddings initialise BT's (their mean); the mean embedding when none exist."""
 
 
-@dataclass
+@dataclass(config=SECTION)
 class TrainingConfig:
     output_dir: str = "checkpoints/default"
     epochs: float = 8.0
@@ -157,7 +153,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 BacktrackRows = Literal["token", "full"]
 
 
-@dataclass
+@dataclass(config=SECTION)
 class LoraConfig:
     """LoRA (and QLoRA) with peft: adapters on the linear layers, BT's rows trained in full."""
 
@@ -178,7 +174,7 @@ class LoraConfig:
     checkpoint is written from a full-precision reload of the base, never from 4-bit weights."""
 
 
-@dataclass
+@dataclass(config=SECTION)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -234,7 +230,7 @@ class Config:
         return asdict(self)
 
 
-_CONFIG = TypeAdapter(Config)
+_CONFIG: TypeAdapter[Config] = TypeAdapter(Config)
 
 
 def _require(ok: bool, name: str, expectation: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from backtrack.params import GenerationParams
+from backtrack.params import BacktrackPolicy, GenerationParams
 from clients.client import AsyncBacktrackClient
 from training.config import config_from_dict
 from training.evaluate import TEMPERATURES, decoding_params, held_out_problems
@@ -57,7 +57,7 @@ def accuracy_over_http(
     problems: list[Problem],
     lengths: list[int],
     temperature: float,
-    policy: str,
+    policy: BacktrackPolicy,
     api_key: str | None = None,
 ) -> float:
     bodies = [

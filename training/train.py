@@ -27,6 +27,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from backtrack.checkpoint import CheckpointMetadata, save_metadata
+from backtrack.tokens import embedding_rows
 from training import lora
 from training.collator import BacktrackCollator
 from training.config import Config, ConfigError, PhaseConfig, load_config
@@ -166,7 +167,7 @@ def _injector(
 ) -> Injector:
     """Each process draws its own errors (the seed includes the process index)."""
     special = [*start.tokenizer.all_special_ids, start.backtrack_id]
-    vocab_size = start.model.get_input_embeddings().weight.shape[0]
+    vocab_size = embedding_rows(start.model)
     source = build_source(
         config.backtrack.error_source,
         train_set.examples,
@@ -180,7 +181,7 @@ def _injector(
 def resume_point(config: Config, trainer: Trainer) -> str | None:
     """The newest Trainer checkpoint of an interrupted run, when resuming is on."""
     directory = trainer.args.output_dir
-    if not config.training.resume or not Path(directory).is_dir():
+    if not config.training.resume or directory is None or not Path(directory).is_dir():
         return None
     return get_last_checkpoint(directory)
 

@@ -205,7 +205,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
-        headers = error.headers
+        headers = dict(error.headers) if error.headers is not None else None
         if error.status_code == 405:  # Starlette names the first route's methods only
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return error_response(

@@ -58,7 +58,7 @@ class GenerateRequest(StrictRequest):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: str = Field(min_length=1)
-    parameters: Parameters = Field(default_factory=Parameters)
+    parameters: Parameters = Field(default_factory=lambda: Parameters())
     stream: bool = False
 
 

@@ -103,13 +103,7 @@ def test_viewer_temperature_samples_like_tgi():
 
 
 def test_tgi_stream_marks_special_tokens_special():
-    class Served:
-        backtrack_id, backtrack_token = 9, "<|BACKTRACK|>"
-
-    class Service:
-        served, special_ids = Served(), frozenset({2, 9})
-
-    renderer = TgiRenderer(Service(), details=False)  # type: ignore[arg-type]
+    renderer = TgiRenderer(frozenset({2, 9}), 9, "<|BACKTRACK|>", eos_id=2, details=False)
     assert renderer._line(TokenEvent(0, 2, "</s>", -0.1))["token"]["special"] is True
     assert renderer._line(TokenEvent(1, 40, "a", -0.1))["token"]["special"] is False
 
