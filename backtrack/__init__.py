@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["BACKTRACK_TOKEN", "add_backtrack_token", "backtrack_token_id"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
