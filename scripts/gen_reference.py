@@ -119,8 +119,8 @@ def settings_table() -> str:
         default = info.get_default(call_default_factory=True)
         shown = str(default) if isinstance(default, Path) else _cell(default)
         meaning = _cell(info.description or "")
-        if name in CAPS:
-            meaning += " (a per-request cap: `/info`, `/openapi.json`)"
+        if name in CAPS:  # the one table of caps: published in /info, bounds in the schema
+            meaning += " (`/info`, `/openapi.json`)" if CAPS[name].bounds else " (`/info`)"
         flag = f"`--{name.replace('_', '-')}`"
         rows.append(f"| {flag} | `BACKTRACK_{name.upper()}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"
