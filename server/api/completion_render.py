@@ -11,28 +11,13 @@ from backtrack.events import DoneEvent
 from server.api.choices import Prompt
 from server.api.openai_render import JsonObject, OpenAIRenderer
 from server.api.streaming import sse_data
-from server.service import GenerationService, ScoredToken
+from server.service import ScoredToken
 
 
 class CompletionRenderer(OpenAIRenderer):
     id_prefix = "cmpl"
     endpoint = "/v1/completions"
     object_name = chunk_object_name = "text_completion"
-
-    def __init__(
-        self,
-        model: str,
-        service: GenerationService,
-        prompts: list[Prompt],
-        top_n: int | None,
-        include_usage: bool,
-        echo: bool,
-    ) -> None:
-        super().__init__(model, service, prompts, top_n, include_usage)
-        self.echo = echo
-
-    def prompt_shown(self) -> bool:
-        return self.echo
 
     def answer_text(self, done: DoneEvent, prompt: Prompt) -> JsonObject:
         return {"text": prompt.text + done.generated_text if self.echo else done.generated_text}

@@ -43,11 +43,14 @@ class OpenAIRenderer:
         prompts: list[Prompt],
         top_n: int | None,
         include_usage: bool,
+        echo: bool = False,
     ) -> None:
         self.model, self.service, self.prompts = model, service, prompts
         self.top_n = top_n
         """Alternatives per token with `logprobs` (0: the chosen token only); None: no logprobs."""
         self.include_usage = include_usage
+        self.echo = echo
+        """A choice's text starts with its prompt (completions' `echo`)."""
         self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -71,10 +74,6 @@ class OpenAIRenderer:
         return
         yield
 
-    def prompt_shown(self) -> bool:
-        """Whether a choice's text starts with its prompt (completions' `echo`)."""
-        return False
-
     # -- logprobs ------------------------------------------------------------------------------
 
     async def _scored(self, prompt: Prompt, generated: list[int], start: int) -> list[ScoredToken]:
@@ -85,7 +84,7 @@ class OpenAIRenderer:
         """The `logprobs` of a choice's `tokens` (id, text), with the prompt's when it is shown."""
         if self.top_n is None:
             return None
-        shown = self.prompt_shown()
+        shown = self.echo
         ids = [token for token, _ in tokens]
         scored = await self._scored(prompt, ids, 0 if shown else len(prompt.ids))
         texts = [text for _, text in tokens]
@@ -101,9 +100,7 @@ class OpenAIRenderer:
         prompt = self.prompts[index]
         ids = [token.id for token in shown] + [event.id]
         scored = await self._scored(prompt, ids, len(prompt.ids) + len(shown))
-        offset = (len(prompt.text) if self.prompt_shown() else 0) + sum(
-            len(token.text) for token in shown
-        )
+        offset = (len(prompt.text) if self.echo else 0) + sum(len(token.text) for token in shown)
         return self.format_logprobs(scored, [event.text], offset)
 
     # -- non-streaming -------------------------------------------------------------------------
