@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from backtrack.prompts import PromptEncoder, encoder_for_checkpoint
-from backtrack.tokens import BACKTRACK_TOKEN, backtrack_token_id, embedding_rows
+from backtrack.tokens import BACKTRACK_TOKEN, backtrack_token_id
 
 METADATA_FILE = "backtrack.json"
 
@@ -119,12 +119,10 @@ def load_checkpoint(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
     except Exception as error:
         raise CheckpointError(f"cannot load the model from {str(path)!r}: {error}") from error
-    if embedding_rows(model) <= bt_id:
+    if model.get_input_embeddings().weight.shape[0] <= bt_id:
         raise CheckpointError(
-            f"the model in {str(path)!r} has {embedding_rows(model)} embedding "
+            f"the model in {str(path)!r} has {model.get_input_embeddings().weight.shape[0]} embedding "
             f"rows but the backtrack token id is {bt_id}"
         )
-    module: torch.nn.Module = model  # transformers' `to` wrapper hides Module.to's signature
-    module.to(device)
-    model.eval()
+    model.to(device).eval()
     return LoadedCheckpoint(model, tokenizer, metadata, bt_id, path)
