@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 __all__ = ["BACKTRACK_TOKEN", "add_backtrack_token", "backtrack_token_id"]
-__version__ = "0.1.0"
 
 # before torch loads OpenMP: idle threads sleep instead of spinning on shared cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from backtrack.compiled import CompiledStep
 from backtrack.events import DoneEvent, Event
 from backtrack.kv import PaddedKV, UnsupportedModel, check_supported
 from backtrack.params import GenerationParams
@@ -97,6 +98,7 @@ class BatchDecoder:
         prefill_chunk_tokens: int = 512,
         compact_slack: int = 32,
         kv_layout: str = "auto",
+        compile_step: bool = False,
     ) -> None:
         self.model = model
         self.backtrack_id = backtrack_id
@@ -108,8 +110,17 @@ class BatchDecoder:
             max_context=int(getattr(model.config, "max_position_embeddings", 1 << 30)),
         )
         self.kv: PaddedKV | SlotKV = make_kv(model, kv_layout, compact_slack)
+        self.compiled: CompiledStep | None = None
+        """The compiled decode step (`compile_step` on the slots layout), else None: eager."""
+        if compile_step and isinstance(self.kv, SlotKV):
+            self.compiled = CompiledStep(self.kv)
         self.rows: list[Row] = []
         """Unfinished rows in arrival order: prefilling, or decoding."""
+
+    def warm_up(self, max_rows: int) -> None:
+        """Compile every graph a batch of up to `max_rows` rows needs (nothing when eager)."""
+        if self.compiled is not None:
+            self.compiled.warm_up(max_rows)
 
     # -- rows joining and leaving -------------------------------------------------------------
 

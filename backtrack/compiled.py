@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -60,7 +61,7 @@ class CompiledStep:
         self.compiles += 1
         log.info("compiling decode-step graph %d", self.compiles)
         patches = {"triton.cudagraphs": True} if self.cuda else {"freezing": True}
-        return compile_fx(graph, example_inputs, config_patches=patches)
+        return cast(Callable, compile_fx(graph, example_inputs, config_patches=patches))
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor

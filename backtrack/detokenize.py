@@ -63,4 +63,14 @@ class IncrementalDetokenizer:
         return "".join(reversed(pieces))
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+        return decoded(self._tokenizer, ids, skip_special_tokens=True)
+
+
+def decoded(
+    tokenizer: PreTrainedTokenizerBase, ids: list[int], skip_special_tokens: bool = False
+) -> str:
+    """The text of `ids` (a list of ids always decodes to one string)."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    if not isinstance(text, str):
+        raise TypeError(f"the tokenizer decoded a list of ids to {type(text).__name__}")
+    return text

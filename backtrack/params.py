@@ -2,7 +2,7 @@
 
 `GenerationParams` is the one definition (in the spirit of vLLM's `SamplingParams`): each field's
 type, default, range and docstring live here and nowhere else. The TGI and OpenAI request models
-(`server.api.schemas`) are derived from it with `request_fields`, `/info` publishes `describe()`,
+(`server.api.vocabulary`) are derived from its fields, `/info` publishes `describe()`,
 and the Python client, the terminal viewer and the web page build their parameters, flags and
 controls from that description. Adding a parameter is one field here plus its behaviour.
 
@@ -18,10 +18,12 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
+from backtrack.validation import problems
+
 Mode = Literal["rewind", "keep"]
 BacktrackPolicy = Literal["argmax", "threshold", "sample", "never"]
-MODES: tuple[str, ...] = get_args(Mode)
-POLICIES: tuple[str, ...] = get_args(BacktrackPolicy)
+MODES: tuple[Mode, ...] = get_args(Mode)
+POLICIES: tuple[BacktrackPolicy, ...] = get_args(BacktrackPolicy)
 MIN_TEMPERATURE = 1e-2
 """Below it logits / temperature overflow to inf and sampling fails (vLLM clamps here too)."""
 MAX_SEED = 2**64 - 1
@@ -104,15 +106,15 @@ class InvalidParameter(ValueError):
     @classmethod
     def from_validation(cls, model: type[BaseModel], error: ValidationError) -> InvalidParameter:
         """The first error, worded from the field's declared range or choices."""
-        first = error.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "parameters"
+        first = problems(error.errors())[0]
+        name = str(first.location[0]) if first.location else "parameters"
         info = model.model_fields.get(name)
         if info is None:
             return cls(name, "is not a generation parameter")
-        kind = first["type"]
+        kind = first.kind
         if kind.endswith(("_type", "_parsing")) or kind in ("int_from_float", "missing"):
-            return cls(name, first["msg"][:1].lower() + first["msg"][1:])
-        return cls(name, rule_text(info) or first["msg"])
+            return cls(name, first.message[:1].lower() + first.message[1:])
+        return cls(name, rule_text(info) or first.message)
 
 
 def rule_text(info: FieldInfo) -> str:
@@ -199,16 +201,3 @@ def describe(model: type[GenerationParams] = GenerationParams) -> list[dict[str,
             entry["choices"] = list(choices)
         described.append(entry)
     return described
-
-
-def request_fields(
-    model: type[GenerationParams] = GenerationParams, exclude: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """Field definitions for a request model (`pydantic.create_model`): every parameter of the
-    vocabulary, optional (None = this server's default), with its type and docstring. Ranges
-    stay in `GenerationParams`, which words the 422 answer."""
-    fields: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        if name not in exclude:
-            fields[name] = (info.annotation | None, Field(None, description=info.description))
-    return fields

@@ -27,13 +27,16 @@ PROMPT_FORMATS: tuple[str, ...] = ("plain", "chat")
 
 def resolve_format(requested: str, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
     """`auto` becomes `chat` when the tokenizer has a chat template, else `plain`."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
     if requested == "auto":
-        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
-    if requested not in PROMPT_FORMATS:
+        return "chat" if has_template else "plain"
+    if requested == "plain":
+        return "plain"
+    if requested != "chat":
         raise ValueError(f"prompt format must be auto, plain or chat, got {requested!r}")
-    if requested == "chat" and not getattr(tokenizer, "chat_template", None):
+    if not has_template:
         raise ValueError("prompt format chat needs a tokenizer with a chat template")
-    return requested  # type: ignore[return-value]
+    return "chat"
 
 
 @dataclass(frozen=True)

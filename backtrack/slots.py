@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
 from backtrack.kv import UnsupportedModel, new_cache
 
@@ -221,9 +221,12 @@ class SlotKV:
     def _allocate(self, rows: int, positions: int) -> SlotCache:
         """Fresh buffers; always inference tensors, so a compiled step sees one kind only."""
         shape = (rows, self.kv_heads, positions, self.head_dim)
-        options = {"dtype": self.dtype, "device": self.device}
-        keys = [torch.zeros(shape, **options) for _ in range(self.layers)]
-        values = [torch.zeros(shape, **options) for _ in range(self.layers)]
+        keys = [
+            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
+        ]
+        values = [
+            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
+        ]
         return SlotCache(keys, values)
 
     def _reserve(self, rows: int, positions: int) -> None:
@@ -296,6 +299,8 @@ class SlotKV:
         self._reserve(self.rows + 1, length + 1)
         slot = self.rows
         for layer, staged in enumerate(cache.layers):
+            assert isinstance(staged, DynamicLayer)  # new_cache builds growable dynamic layers
+            assert staged.keys is not None and staged.values is not None
             self.cache.key_buffers[layer][slot, :, :length] = staged.keys[0]
             self.cache.value_buffers[layer][slot, :, :length] = staged.values[0]
         self.keys.append(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BACKTRACK_TOKEN = "<|BACKTRACK|>"
@@ -39,6 +40,19 @@ def add_backtrack_token(
         tokenizer.add_special_tokens({"additional_special_tokens": [token]})
         existing = backtrack_token_id(tokenizer, token)
         assert existing is not None, "tokenizer refused the backtrack token"
-    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+    if model is not None and embedding_rows(model) < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return existing
+
+
+def input_embeddings(model: PreTrainedModel) -> torch.Tensor:
+    """The model's input embedding matrix, one row per token id."""
+    weight = model.get_input_embeddings().weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"the input embeddings' weight is a {type(weight).__name__}, not a tensor")
+    return weight
+
+
+def embedding_rows(model: PreTrainedModel) -> int:
+    """How many token ids the model has embeddings for (may exceed the tokenizer's size)."""
+    return int(input_embeddings(model).shape[0])

@@ -17,6 +17,7 @@ import time
 import torch
 
 from backtrack.decoder import Sequence, generate
+from backtrack.events import DoneEvent
 from backtrack.params import GenerationParams
 from backtrack.tiny import build_char_tokenizer, build_tiny_llama, tiny_llama_config
 from backtrack.tokens import backtrack_token_id
@@ -58,8 +59,8 @@ def _throughput(model, tokenizer, bt_id: int) -> dict:
     params = GenerationParams(max_new_tokens=NEW_TOKENS, backtrack_policy="never")
 
     def ours() -> None:
-        events = list(generate(model, tokenizer, bt_id, prompt, params))
-        assert events[-1].generated_tokens == NEW_TOKENS
+        done = list(generate(model, tokenizer, bt_id, prompt, params))[-1]
+        assert isinstance(done, DoneEvent) and done.generated_tokens == NEW_TOKENS
 
     def theirs() -> None:
         with torch.inference_mode():
@@ -70,7 +71,8 @@ def _throughput(model, tokenizer, bt_id: int) -> dict:
                 pad_token_id=tokenizer.pad_token_id,
             )
 
-    ours(), theirs()  # warm-up
+    ours()  # warm-up
+    theirs()
     ours_times, theirs_times = [], []
     for _ in range(REPEATS):
         ours_times.append(_time(ours))

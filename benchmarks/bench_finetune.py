@@ -13,7 +13,7 @@ memory before `trainer.train()` (weights loaded) and at its peak; `step_mb` is t
 what training added (gradients, optimizer state, activations, buffers);
 `weights_grads_adam_mb` is the arithmetic for the parameters one process holds. At this size
 Python, torch and the allocator dominate the resident memory; what carries to 8B is the
-arithmetic (README, "Fine-tuning large models").
+arithmetic (docs/training.md, "Fine-tuning large models").
 
 Run: `python -m benchmarks bench_finetune` (about two minutes; not part of `make bench`).
 """

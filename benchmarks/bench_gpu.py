@@ -15,7 +15,6 @@ import time
 import torch
 
 from backtrack.batch import BatchDecoder
-from backtrack.compiled import CompiledStep
 from backtrack.params import GenerationParams
 from backtrack.tiny import build_char_tokenizer
 from backtrack.tokens import backtrack_token_id
@@ -53,7 +52,7 @@ def llama_1b(vocab: int, device: torch.device):
         tie_word_embeddings=False,
     )
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = LlamaForCausalLM(config).bfloat16()
     return model.eval()
 
 
@@ -76,6 +75,7 @@ def run() -> dict:
     device = torch.device("cuda")
     tokenizer = build_char_tokenizer()
     backtrack_id = backtrack_token_id(tokenizer)
+    assert backtrack_id is not None
     model = llama_1b(len(tokenizer), device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = copy_bandwidth(device)
@@ -85,9 +85,9 @@ def run() -> dict:
         "copy_gb_per_s": round(bandwidth, 1),
         "bound_steps_per_s": round(bandwidth * 1e9 / weight_bytes, 1),
     }
-    compiled = BatchDecoder(model, tokenizer, backtrack_id, kv_layout="slots")
+    compiled = BatchDecoder(model, tokenizer, backtrack_id, kv_layout="slots", compile_step=True)
     start = time.perf_counter()
-    CompiledStep(compiled.kv).warm_up(max(ROWS))
+    compiled.warm_up(max(ROWS))
     figures["compile_seconds"] = round(time.perf_counter() - start, 1)
     padded = BatchDecoder(model, tokenizer, backtrack_id, kv_layout="padded")
     for rows in ROWS:

@@ -52,7 +52,9 @@ def save_checkpoint(directory: Path) -> Path:
     )
     build_tiny_llama(config, seed=0).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    save_metadata(directory, CheckpointMetadata(backtrack_token_id=backtrack_token_id(tokenizer)))
+    bt_id = backtrack_token_id(tokenizer)
+    assert bt_id is not None, "the char tokenizer registers the backtrack token"
+    save_metadata(directory, CheckpointMetadata(backtrack_token_id=bt_id))
     return directory
 
 

@@ -31,6 +31,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 RUN_BY_DEFAULT = False
 ROWS = (1, 2, 4, 8, 16)
@@ -47,8 +48,10 @@ VARIANTS = (
 # -- workers (each in its own process) --------------------------------------------------------
 
 
-def _model(name: str, dtype: str):
+def _model(name: str, dtype: str) -> tuple[Any, Any, int, list[int]]:
     import torch
+
+    tokenizer: Any
 
     if name == "llama":
         from backtrack.tiny import build_char_tokenizer, build_tiny_llama, tiny_llama_config
@@ -59,7 +62,7 @@ def _model(name: str, dtype: str):
             len(tokenizer), hidden_size=512, num_layers=4, num_heads=8, max_positions=4096
         )
         model = build_tiny_llama(config)
-        backtrack_id = backtrack_token_id(tokenizer)
+        backtrack_id = backtrack_token_id(tokenizer) or 0
         prompt = [1, *range(5, 25)]
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,7 +72,7 @@ def _model(name: str, dtype: str):
         directory = smollm2_checkpoint()
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        backtrack_id = tokenizer.convert_tokens_to_ids("<|BACKTRACK|>")
+        backtrack_id = int(tokenizer.convert_tokens_to_ids("<|BACKTRACK|>"))
         prompt = tokenizer("The capital of France is a city that")["input_ids"]
     return model.to(getattr(torch, dtype)), tokenizer, backtrack_id, prompt
 
@@ -79,7 +82,6 @@ def _decode(spec: dict) -> dict:
     import torch
 
     from backtrack.batch import BatchDecoder
-    from backtrack.compiled import CompiledStep
     from backtrack.params import GenerationParams
     from backtrack.threads import configure_threads
 
@@ -89,9 +91,10 @@ def _decode(spec: dict) -> dict:
         max_new_tokens=spec.get("new_tokens", NEW_TOKENS), backtrack_policy="never", ignore_eos=True
     )
     started = time.perf_counter()
-    decoder = BatchDecoder(model, tokenizer, backtrack_id, kv_layout=spec["layout"])
-    if spec["compiled"]:
-        CompiledStep(decoder.kv).warm_up(max(spec["rows"]))
+    decoder = BatchDecoder(
+        model, tokenizer, backtrack_id, kv_layout=spec["layout"], compile_step=spec["compiled"]
+    )
+    decoder.warm_up(max(spec["rows"]))
     compile_seconds = time.perf_counter() - started
 
     def one_round(rows: int) -> float:
@@ -273,7 +276,7 @@ def run() -> dict:
             flops / 1e9 / bounds["matmul_float32_gflops"], 2
         )
     for policy in ("PASSIVE", "ACTIVE"):
-        for kind, spec in (
+        specs: list[tuple[str, dict[str, Any]]] = [
             ("train", {"kind": "train"}),
             (
                 "stream",
@@ -286,7 +289,8 @@ def run() -> dict:
                     "rows": [1],
                 },
             ),
-        ):
+        ]
+        for kind, spec in specs:
             key = "steps_per_s" if kind == "train" else "1"
             quiet = measure(spec, policy)[key]
             loaded = measure(spec, policy, loaded=True)[key]

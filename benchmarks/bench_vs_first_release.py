@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.bench_http import save_checkpoint
+from clients.sse import iter_events
 from server.process import ServerHandle, free_port, running_server, wait_healthy
 
 RUN_BY_DEFAULT = False
@@ -44,8 +45,8 @@ def stream_rate(url: str) -> tuple[float, int]:
     }
     start, chunks = time.perf_counter(), 0
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
-        for line in response.iter_lines():
-            chunks += line.startswith("data: {")
+        for message in iter_events(response.iter_bytes()):
+            chunks += message.data.startswith("{")
     return chunks / (time.perf_counter() - start), chunks
 
 

@@ -20,11 +20,10 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 
-from backtrack.params import GenerationParams
 from clients.errors import (
     APIConnectionError,
     APIError,
@@ -33,6 +32,7 @@ from clients.errors import (
     error_from_response,
 )
 from clients.events import StreamDecoder, StreamUpdate
+from clients.parameters import Parameters
 from clients.retry import RetryPolicy, parse_retry_after
 from clients.sse import SSEParser
 
@@ -44,21 +44,10 @@ else:  # typing_extensions comes with torch and pydantic
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-REQUEST_OPTIONS: dict[str, Any] = {"details": bool, "hold_back_deletable": bool}
-"""Options of `POST /generate` beside the generation parameters: `details` asks for the
-server's details, `hold_back_deletable` never streams a token a later backtrack could delete."""
-
-Parameters = TypedDict(  # type: ignore[misc]  # built from the one vocabulary, not spelled out
-    "Parameters",
-    {
-        **{name: info.annotation for name, info in GenerationParams.model_fields.items()},
-        **REQUEST_OPTIONS,
-    },
-    total=False,
-)
-"""Generation parameters (`backtrack.params.GenerationParams`, the server's own vocabulary) and
-the request options; anything left out takes the server's default."""
 PARAMETER_NAMES = frozenset(Parameters.__annotations__)
+"""Generation parameters (`backtrack.params.GenerationParams`, the server's own vocabulary) and
+the request options (`clients.parameters`, generated from it); anything else fails before any
+request is sent."""
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from server.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:  # fastapi loads with the app, after the settings are checked
+    from fastapi import FastAPI
 
 log = logging.getLogger("server")
 
@@ -22,13 +26,13 @@ log = logging.getLogger("server")
 class _Server(uvicorn.Server):
     """uvicorn, plus: tell the engine to drain before uvicorn waits for open streams."""
 
-    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, settings: Settings, app: FastAPI) -> None:
         super().__init__(config)
-        self.settings = settings
+        self.settings, self.app = settings, app
         self.fatal: str | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        engine = self.config.app.state.engine
+        engine = self.app.state.engine
         if engine is not None:
             engine.begin_shutdown(self.settings.shutdown_timeout)
         super().handle_exit(sig, frame)
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5,
     )
-    uvicorn_server = _Server(config, settings)
+    uvicorn_server = _Server(config, settings, app)
     app.state.on_fatal = uvicorn_server.on_fatal
     uvicorn_server.run()
     if uvicorn_server.fatal is not None:

@@ -13,12 +13,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 import server
@@ -26,18 +23,19 @@ from backtrack.checkpoint import CheckpointError
 from server.api import admin, native, openai
 from server.api.body_limit import BodyLimit
 from server.api.errors import install_error_handlers
-from server.api.schemas import apply_limits
+from server.api.openapi_schema import LimitedSchemaApp
 from server.engine import Engine
+from server.limits import Limits
 from server.loading import load_served_model
 from server.metrics import Metrics
-from server.service import GenerationService, Limits
+from server.service import GenerationService
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
-    app = FastAPI(
+    app = LimitedSchemaApp(
         title="backtrack-serving",
         version=server.__version__,
         description="Generation with <|BACKTRACK|>: tokens and deletions streamed over SSE.",
@@ -67,23 +65,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    app.openapi = partial(limited_openapi, app, settings)  # type: ignore[method-assign]
     return app
-
-
-def limited_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
-    """FastAPI's schema with this server's limits on the fields they bound (cached once the
-    model is loaded: its vocabulary bounds token ids)."""
-    if app.openapi_schema is not None:
-        return app.openapi_schema
-    schema = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
-    )
-    service = app.state.service
-    if service is None:
-        return apply_limits(schema, Limits.from_settings(settings))
-    app.openapi_schema = apply_limits(schema, service.limits)
-    return app.openapi_schema
 
 
 @asynccontextmanager
@@ -120,8 +102,6 @@ async def _load(app: FastAPI) -> None:
         max_batch_total_tokens=settings.max_batch_total_tokens,
         max_batch_prefill_tokens=settings.max_batch_prefill_tokens,
         stall_timeout=settings.health_stall_timeout,
-        kv_layout=served.kv_layout,
-        compile_step=settings.compile,
     )
     try:
         await asyncio.to_thread(engine.warm_up)

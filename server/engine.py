@@ -9,7 +9,7 @@
 Requests join and leave between steps. Admission is by request count (`max_running`) and by a
 KV budget in tokens (`max_batch_total_tokens`): a request reserves its prompt plus the most its
 context can grow to, so an admitted request never runs out of room. The API layer only sees
-`submit`, `Stream` and `cancel`.
+`submit` (through the service) and the stream bridge (`server.bridge`): `Stream` and `cancel`.
 """
 
 from __future__ import annotations
@@ -20,17 +20,15 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
-from backtrack.batch import BatchDecoder, StepReport
-from backtrack.compiled import CompiledStep
-from backtrack.events import DoneEvent, Event, TokenEvent
-from backtrack.params import GenerationParams, InvalidParameter
+from backtrack.events import DoneEvent, Event
+from backtrack.params import InvalidParameter
 from backtrack.row import Row
-from backtrack.slots import SlotKV
+from server.bridge import EngineDown, QueueFull, ShuttingDown, Stream, publish_all
+from server.jobs import GenerationRequest, Job, nothing_kept
 from server.loading import ServedModel
 from server.metrics import Metrics
 
@@ -40,103 +38,6 @@ MAX_FAULTS_IN_A_ROW = 3
 """Failed worker turns in a row after which the engine stops taking requests (/health 503)."""
 
 
-class QueueFull(Exception):
-    """Every decoding slot and every queue place is taken; answer 429 at once."""
-
-
-class ShuttingDown(Exception):
-    """The server is stopping and takes no new requests; answer 503."""
-
-
-class EngineDown(ShuttingDown):
-    """The worker thread is gone: nothing would ever answer a new request; answer 503."""
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list[int]
-    params: GenerationParams
-    endpoint: str
-    """Label for the metrics: which route asked."""
-    hold_back_deletable: bool = False
-    """Never emit a token a later backtrack could delete (for clients that cannot erase)."""
-    timeout: float | None = None
-    """Seconds from arrival before the request ends with finish_reason `timeout`."""
-
-    def reserved_tokens(self, max_context: int) -> int:
-        """The most KV entries this request can hold: prompt + visible (+ BTs and deleted tokens
-        that stay in the context in keep mode), never more than the model's context."""
-        growth = self.params.max_new_tokens
-        if self.params.mode == "keep":
-            growth += 2 * self.params.max_backtracks
-        return min(len(self.prompt_ids) + growth, max_context)
-
-
-class Stream:
-    """One request's events, read by the asyncio side; `cancel()` stops it within one step."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        wake: threading.Condition,
-        give_up_after: float | None = None,
-        fallback: DoneEvent | None = None,
-    ) -> None:
-        self._loop = loop
-        self._wake = wake
-        self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
-        self.cancel_requested = False
-        self.done: DoneEvent | None = None
-        self._give_up_at = None if give_up_after is None else time.monotonic() + give_up_after
-        self._fallback = fallback
-
-    def cancel(self) -> None:
-        """Ask the worker to end this request (client gone); safe to call at any time."""
-        self.cancel_requested = True
-        with self._wake:
-            self._wake.notify()
-
-    def publish(self, events: list[Event]) -> None:
-        """Called by the worker thread: hand events to the event loop."""
-        publish_all([(self, events)])
-
-    def _deliver(self, events: list[Event]) -> None:
-        self._queue.put_nowait(events)
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        while self.done is None:
-            for event in await self._next():
-                if isinstance(event, DoneEvent):
-                    self.done = event
-                yield event
-
-    async def _next(self) -> list[Event]:
-        """The next events; past the backstop (a wedged worker) the fallback `done` instead,
-        since the worker thread is what enforces the request timeout."""
-        if self._give_up_at is None or self._fallback is None:
-            return await self._queue.get()
-        try:
-            return await asyncio.wait_for(self._queue.get(), self._give_up_at - time.monotonic())
-        except TimeoutError:
-            self.cancel()
-            return [self._fallback]
-
-
-def publish_all(batch: list[tuple[Stream, list[Event]]]) -> None:
-    """Hand one step's events to their streams with one wake-up per event loop, not per stream.
-
-    Waking the loop costs a syscall and a GIL hand-over; at 16 streams per step, once per step
-    instead of 16 times leaves the cores to the forward.
-    """
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, list[Event]]]] = {}
-    for stream, events in batch:
-        by_loop.setdefault(stream._loop, []).append((stream, events))
-    for loop, items in by_loop.items():
-        # A closed event loop means nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_deliver_all, items)
-
-
 def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
     if future.done():
         return
@@ -144,41 +45,6 @@ def _settle(future: asyncio.Future, result: object, error: Exception | None) -> 
         future.set_result(result)
     else:
         future.set_exception(error)
-
-
-def _deliver_all(items: list[tuple[Stream, list[Event]]]) -> None:
-    for stream, events in items:
-        stream._deliver(events)
-
-
-@dataclass
-class _Job:
-    request: GenerationRequest
-    stream: Stream
-    reserved_tokens: int
-    arrival: float = field(default_factory=time.monotonic)
-    row: Row | None = None
-    last_token_at: float | None = None
-    holds_reservation: bool = False
-    """Its `reserved_tokens` count in the engine's total (not for a job ended while waiting)."""
-
-    @property
-    def deadline(self) -> float:
-        timeout = self.request.timeout
-        return float("inf") if timeout is None else self.arrival + timeout
-
-
-def _done(request: GenerationRequest, reason: str) -> DoneEvent:
-    """A `done` for a request that produced nothing its client may keep."""
-    return DoneEvent(
-        generated_text="",
-        finish_reason=reason,
-        generated_tokens=0,
-        backtracks=0,
-        sampled_tokens=0,
-        seed=request.params.seed,
-        prompt_tokens=len(request.prompt_ids),
-    )
 
 
 class Engine:
@@ -193,8 +59,6 @@ class Engine:
         max_batch_total_tokens: int = 1 << 20,
         max_batch_prefill_tokens: int = 512,
         stall_timeout: float = 60.0,
-        kv_layout: str = "auto",
-        compile_step: bool = False,
     ) -> None:
         self.served = served
         self.stall_timeout = stall_timeout
@@ -202,20 +66,11 @@ class Engine:
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.max_batch_total_tokens = max_batch_total_tokens
-        self.decoder = BatchDecoder(
-            served.model,
-            served.tokenizer,
-            served.backtrack_id,
-            prefill_chunk_tokens=max_batch_prefill_tokens,
-            kv_layout=kv_layout,
-        )
-        self.compiled: CompiledStep | None = None
-        if compile_step and isinstance(self.decoder.kv, SlotKV):
-            self.compiled = CompiledStep(self.decoder.kv)
+        self.decoder = served.new_decoder(max_batch_prefill_tokens)
         self._wake = threading.Condition()
-        self._waiting: deque[_Job] = deque()
-        self._running: list[_Job] = []
-        self._by_row: dict[Row, _Job] = {}
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._by_row: dict[Row, Job] = {}
         self._reserved = 0
         self._stop = False
         self._shutdown_deadline: float | None = None
@@ -230,16 +85,9 @@ class Engine:
 
     # -- the interface the API uses ------------------------------------------------------------
 
-    @property
-    def kv_layout(self) -> str:
-        """The KV layout decoding runs on (`slots` or `padded`), for /info."""
-        return self.decoder.kv.name
-
     def warm_up(self) -> None:
-        """Compile the decode step for the batch sizes it will meet, before the first request
-        (call before `start`; the server reports healthy only after it)."""
-        if self.compiled is not None:
-            self.compiled.warm_up(self.max_running)
+        """Compile the decode step before the first request (the server is healthy after)."""
+        self.decoder.warm_up(self.max_running)
 
     def start(self) -> None:
         self._thread.start()
@@ -266,7 +114,7 @@ class Engine:
                 raise QueueFull(
                     f"{len(self._running)} requests running and {len(self._waiting)} waiting"
                 )
-            self._waiting.append(_Job(request, stream, reserved))
+            self._waiting.append(Job(request, stream, reserved))
             self.metrics.queue_size.set(len(self._waiting))
             self._wake.notify()
         return stream
@@ -275,7 +123,7 @@ class Engine:
         """A stream that gives up by itself `stall_timeout` seconds after the request's own
         timeout, should the worker that enforces that timeout be wedged."""
         give_up = None if request.timeout is None else request.timeout + self.stall_timeout
-        fallback = _done(request, "timeout")
+        fallback = nothing_kept(request, "timeout")
         return Stream(asyncio.get_running_loop(), self._wake, give_up, fallback)
 
     def call(self, function: Callable[[], T]) -> asyncio.Future[T]:
@@ -393,11 +241,11 @@ class Engine:
         if self.decoder.rows:
             self._step()
 
-    def _end(self, job: _Job, reason: str) -> None:
+    def _end(self, job: Job, reason: str) -> None:
         assert job.row is not None
         self._publish(job, self.decoder.cancel(job.row, reason))
 
-    def _guarded(self, job: _Job, action: Callable[[], T]) -> T | None:
+    def _guarded(self, job: Job, action: Callable[[], T]) -> T | None:
         """Run one job's bookkeeping; should it fail, that job alone ends with `error`."""
         try:
             return action()
@@ -430,7 +278,7 @@ class Engine:
             with contextlib.suppress(Exception):
                 self._fail(job)
 
-    def _fail(self, job: _Job) -> None:
+    def _fail(self, job: Job) -> None:
         """End a job with `error` whatever state its row is in; its client gets `done`."""
         events: list[Event] = []
         if job.row is not None and not job.row.finished:
@@ -439,13 +287,13 @@ class Engine:
             except Exception:
                 log.exception("ending the failed request cleanly failed too")
         if not any(isinstance(event, DoneEvent) for event in events):
-            events = [_done(job.request, "error")]
+            events = [nothing_kept(job.request, "error")]
         with contextlib.suppress(Exception):
             self._record(job, events)
         self._leave(job)
         job.stream.publish(events)
 
-    def _admit(self) -> list[_Job]:
+    def _admit(self) -> list[Job]:
         """Move waiting jobs into the batch while slots and KV budget last (lock held).
 
         First come, first served: a large request at the head waits for room rather than being
@@ -469,7 +317,7 @@ class Engine:
         self.metrics.kv_cache_reserved_tokens.set(self._reserved)
         return admitted
 
-    def _start(self, job: _Job) -> None:
+    def _start(self, job: Job) -> None:
         """Add a job's row to the batch; a job cancelled or out of time while waiting ends here."""
         reason = self._end_reason(job)
         if reason is not None:
@@ -496,7 +344,7 @@ class Engine:
             self._fail_running()
             return
         with contextlib.suppress(Exception):  # metrics never end a request
-            self._record_step(report)
+            self.metrics.record_step(report, self.max_batch_total_tokens)
         outgoing = []
         for row, events in report.events.items():
             job = self._by_row.get(row)
@@ -506,10 +354,10 @@ class Engine:
                     outgoing.append((job.stream, accounted))
         publish_all(outgoing)
 
-    def _publish(self, job: _Job, events: list[Event]) -> None:
+    def _publish(self, job: Job, events: list[Event]) -> None:
         job.stream.publish(self._account(job, events))
 
-    def _account(self, job: _Job, events: list[Event]) -> list[Event]:
+    def _account(self, job: Job, events: list[Event]) -> list[Event]:
         """Record a job's events; free its slot first if it ended (a client that sees `done`
         sees the slot free)."""
         self._record(job, events)
@@ -517,7 +365,7 @@ class Engine:
             self._leave(job)
         return events
 
-    def _leave(self, job: _Job) -> None:
+    def _leave(self, job: Job) -> None:
         with self._wake:
             if job in self._running:
                 self._running.remove(job)
@@ -530,7 +378,7 @@ class Engine:
             self.metrics.kv_cache_reserved_tokens.set(self._reserved)
         self.metrics.kv_cache_tokens.set(self.decoder.kv_tokens)
 
-    def _end_reason(self, job: _Job) -> str | None:
+    def _end_reason(self, job: Job) -> str | None:
         now = time.monotonic()
         if job.stream.cancel_requested:
             return "cancelled"
@@ -540,41 +388,11 @@ class Engine:
             return "shutdown"
         return None
 
-    def _finish_unstarted(self, job: _Job, reason: str) -> None:
-        done = _done(job.request, reason)
+    def _finish_unstarted(self, job: Job, reason: str) -> None:
+        done = nothing_kept(job.request, reason)
         self._record(job, [done])
         self._leave(job)
         job.stream.publish([done])
 
-    # -- metrics ---------------------------------------------------------------------------------
-
-    def _record_step(self, report: StepReport) -> None:
-        """What the step did as a whole, from its report."""
-        m = self.metrics
-        m.generated_tokens.inc(report.sampled_tokens)
-        m.backtracks.inc(report.backtracks)
-        m.deleted_tokens.inc(report.backtracks)
-        m.kv_cache_tokens.set(report.kv_tokens)
-        m.kv_cache_slots.set(report.kv_slots)
-        m.kv_cache_usage.set(report.kv_tokens / self.max_batch_total_tokens)
-        if report.decode_rows:
-            m.batch_size.observe(report.decode_rows)
-            m.decode_step_seconds.observe(report.decode_seconds)
-        if report.prefill_tokens:
-            m.prefill_step_seconds.observe(report.prefill_seconds)
-
-    def _record(self, job: _Job, events: list[Event]) -> None:
-        """Latencies and request counts from the events a client is about to see."""
-        m = self.metrics
-        now = time.monotonic()
-        for event in events:
-            if isinstance(event, TokenEvent):
-                if job.last_token_at is None:
-                    m.time_to_first_token.observe(now - job.arrival)
-                else:
-                    m.inter_token_latency.observe(now - job.last_token_at)
-                job.last_token_at = now
-            elif isinstance(event, DoneEvent):
-                m.requests.labels(job.request.endpoint, event.finish_reason).inc()
-                m.request_backtracks.observe(event.backtracks)
-                m.e2e_request_latency.observe(now - job.arrival)
+    def _record(self, job: Job, events: list[Event]) -> None:
+        job.record(self.metrics, events)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from backtrack.batch import choose_layout
+from backtrack.batch import BatchDecoder, choose_layout
 from backtrack.checkpoint import CheckpointMetadata, load_checkpoint
 from backtrack.device import resolve_device, resolve_dtype
 from backtrack.prompts import PromptEncoder, encoder_for_checkpoint
@@ -29,8 +29,10 @@ class ServedModel:
     path: Path
     device: torch.device
     dtype: torch.dtype
-    kv_layout: str = "padded"
+    kv_layout: str = "auto"
     """The KV layout decoding runs on (`backtrack.batch.choose_layout`)."""
+    compile_step: bool = False
+    """Whether the decode step is compiled (only the slots layout compiles)."""
     threads: int = 1
 
     @property
@@ -40,6 +42,17 @@ class ServedModel:
     @property
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+
+    def new_decoder(self, prefill_chunk_tokens: int) -> BatchDecoder:
+        """The batch decoder for this model, on its KV layout and (maybe) compiled step."""
+        return BatchDecoder(
+            self.model,
+            self.tokenizer,
+            self.backtrack_id,
+            prefill_chunk_tokens=prefill_chunk_tokens,
+            kv_layout=self.kv_layout,
+            compile_step=self.compile_step,
+        )
 
     @property
     def prompts(self) -> PromptEncoder:
@@ -71,5 +84,6 @@ def load_served_model(settings: Settings) -> ServedModel:
         device=device,
         dtype=dtype,
         kv_layout=kv_layout,
+        compile_step=settings.compile and kv_layout == "slots",
         threads=threads,
     )

@@ -6,6 +6,8 @@ The names are a contract (dashboards are built on them). Latency buckets run fro
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -14,6 +16,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+if TYPE_CHECKING:  # the report's type only: metrics stay free of torch
+    from backtrack.batch import StepReport
 
 LATENCY_BUCKETS = (
     0.001,
@@ -166,6 +171,20 @@ class Metrics:
             buckets=STEP_BUCKETS,
             registry=r,
         )
+
+    def record_step(self, report: StepReport, budget: int) -> None:
+        """What the step did as a whole, from its report."""
+        self.generated_tokens.inc(report.sampled_tokens)
+        self.backtracks.inc(report.backtracks)
+        self.deleted_tokens.inc(report.backtracks)
+        self.kv_cache_tokens.set(report.kv_tokens)
+        self.kv_cache_slots.set(report.kv_slots)
+        self.kv_cache_usage.set(report.kv_tokens / budget)
+        if report.decode_rows:
+            self.batch_size.observe(report.decode_rows)
+            self.decode_step_seconds.observe(report.decode_seconds)
+        if report.prefill_tokens:
+            self.prefill_step_seconds.observe(report.prefill_seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type, for GET /metrics."""

@@ -78,16 +78,24 @@ def running_server(
     checkpoint_dir: str | os.PathLike,
     startup_timeout: float = 60.0,
     env: dict[str, str] | None = None,
+    *,
+    log_path: Path | None = None,
+    stop_timeout: float = 20.0,
     **settings: Any,
 ) -> Iterator[ServerHandle]:
     """A `python -m server` subprocess on a free port, healthy on entry, stopped on exit.
 
-    `env` adds other environment variables (e.g. OMP_NUM_THREADS) to the process.
+    `env` adds other environment variables (e.g. OMP_NUM_THREADS) to the process. The log goes
+    to a temporary file removed at exit, or to `log_path`, kept for reading afterwards (as the
+    exit status stays on the handle); `stop_timeout` is how long SIGTERM gets before SIGKILL.
     """
     port = free_port()
     env = settings_env(checkpoint_dir, {"host": "127.0.0.1", "port": port, **settings}, env)
-    with tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False) as log:
-        log_path = Path(log.name)
+    keep_log = log_path is not None
+    if log_path is None:
+        with tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False) as log:
+            log_path = Path(log.name)
+    with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "server"],
             cwd=REPO_ROOT,
@@ -100,8 +108,9 @@ def running_server(
         wait_healthy(handle, startup_timeout)
         yield handle
     finally:
-        handle.terminate()
-        log_path.unlink(missing_ok=True)
+        handle.terminate(stop_timeout)
+        if not keep_log:
+            log_path.unlink(missing_ok=True)
 
 
 def wait_healthy(handle: ServerHandle, timeout: float) -> None:

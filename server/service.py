@@ -16,48 +16,17 @@ from typing import TypeVar
 
 import torch
 
+from backtrack.detokenize import decoded
 from backtrack.params import GenerationParams, InvalidParameter
-from server.engine import Engine, GenerationRequest, Stream
+from server.bridge import Stream
+from server.engine import Engine
+from server.jobs import GenerationRequest
+from server.limits import Limits
 from server.loading import ServedModel
-from server.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What this server accepts per request (from the settings)."""
-
-    max_input_tokens: int
-    max_new_tokens: int
-    default_max_new_tokens: int
-    max_input_chars: int = 65536
-    max_stop_sequences: int = 4
-    max_stop_sequence_chars: int = 256
-    max_backtracks: int = 64
-    max_backtrack_depth: int = 64
-    model_id: str | None = None
-    """The served model's id: the only `model` the OpenAI routes accept (the schema's enum)."""
-    vocab_size: int | None = None
-    """Token ids of a token-id prompt are below it (known once the model is loaded)."""
-    max_prompt_tokens: int | None = None
-    """The input token limit in effect (max_input_tokens within the model's context)."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        return cls(
-            max_input_tokens=settings.max_input_tokens,
-            max_new_tokens=settings.max_new_tokens,
-            default_max_new_tokens=settings.default_max_new_tokens,
-            max_input_chars=settings.max_input_chars,
-            max_stop_sequences=settings.max_stop_sequences,
-            max_stop_sequence_chars=settings.max_stop_sequence_chars,
-            max_backtracks=settings.max_backtracks,
-            max_backtrack_depth=settings.max_backtrack_depth,
-            model_id=settings.served_model_id,
-        )
 
 
 @dataclass(frozen=True)
@@ -104,7 +73,6 @@ class GenerationService:
     ) -> None:
         self.served, self.engine, self.limits = served, engine, limits
         self.request_timeout = request_timeout
-        self.limits = limits
         self.limits = replace(
             limits,
             vocab_size=len(served.tokenizer),
@@ -133,10 +101,10 @@ class GenerationService:
         return self._within_limits(ids, field)
 
     def decode(self, ids: list[int]) -> str:
-        return self.served.tokenizer.decode(ids)
+        return decoded(self.served.tokenizer, ids)
 
     def token_text(self, token: int) -> str:
-        return self.served.tokenizer.decode([token])
+        return decoded(self.served.tokenizer, [token])
 
     @property
     def input_token_limit(self) -> int:

@@ -17,6 +17,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backtrack.device import resolve_device
+from backtrack.validation import problems
+from server.limits import limit_field
 
 
 class SettingsError(ValueError):
@@ -24,7 +26,8 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    """Everything an operator can set. Each field is `BACKTRACK_<NAME>` or `--<name>`."""
+    """Everything an operator can set. Each field is `BACKTRACK_<NAME>` or `--<name>`; the
+    per-request caps come from the one table of them (`server.limits.CAPS`)."""
 
     model_config = SettingsConfigDict(
         env_prefix="BACKTRACK_",
@@ -66,13 +69,9 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
-    max_input_tokens: int = Field(1024, ge=1, description="longest prompt accepted, in tokens")
-    max_new_tokens: int = Field(
-        512, ge=1, description="largest max_new_tokens a request may ask for"
-    )
-    default_max_new_tokens: int = Field(
-        64, ge=1, description="max_new_tokens when a request gives none"
-    )
+    max_input_tokens: int = limit_field("max_input_tokens")
+    max_new_tokens: int = limit_field("max_new_tokens")
+    default_max_new_tokens: int = limit_field("default_max_new_tokens")
     max_concurrent_requests: int = Field(16, ge=1, description="requests decoded at once")
     max_queue_size: int = Field(64, ge=0, description="requests waiting for a slot; beyond it: 429")
     max_batch_total_tokens: int = Field(
@@ -86,24 +85,11 @@ class Settings(BaseSettings):
         ge=1,
         description="prompt tokens prefilled per step while other requests decode (chunked prefill)",
     )
-    max_stop_sequences: int = Field(
-        4, ge=0, description="most stop sequences a request may give (TGI and OpenAI: 4)"
-    )
-    max_stop_sequence_chars: int = Field(
-        256, ge=1, description="longest stop sequence accepted, in characters"
-    )
-    max_backtracks: int = Field(
-        64, ge=0, description="largest max_backtracks a request may ask for"
-    )
-    max_backtrack_depth: int = Field(
-        64, ge=1, description="largest max_backtrack_depth a request may ask for"
-    )
-    max_input_chars: int = Field(
-        65536,
-        ge=1,
-        description="longest prompt (all chat messages together) in characters, refused before "
-        "it is tokenised",
-    )
+    max_stop_sequences: int = limit_field("max_stop_sequences")
+    max_stop_sequence_chars: int = limit_field("max_stop_sequence_chars")
+    max_backtracks: int = limit_field("max_backtracks")
+    max_backtrack_depth: int = limit_field("max_backtrack_depth")
+    max_input_chars: int = limit_field("max_input_chars")
     max_request_bytes: int = Field(
         2_000_000,
         ge=1,
@@ -186,8 +172,7 @@ def load_settings(argv: list[str] | None = None) -> Settings:
 
 def describe(error: ValidationError) -> str:
     """One line per bad setting: `setting max_queue_size: Input should be ... (got 'x')`."""
-    lines = []
-    for item in error.errors():
-        name = ".".join(str(part) for part in item["loc"]) or "settings"
-        lines.append(f"setting {name}: {item['msg']} (got {item.get('input')!r})")
-    return "\n".join(lines)
+    return "\n".join(
+        f"setting {problem.field(empty='settings')}: {problem.message} (got {problem.value!r})"
+        for problem in problems(error.errors())
+    )

@@ -5,8 +5,9 @@
 Every field has a default and a docstring; library code receives these typed objects, never the
 raw YAML or the command line. The sections are pydantic dataclasses: types are checked by
 pydantic (`2.7` for an int is refused, never truncated; a string `"no"` for a bool is false, as
-YAML reads `no`; `"1e-3"` for a float is 0.001) and the ranges by `Config.validate`; either way a
-bad value raises `ConfigError` naming it as `section.field`.
+YAML reads `no`; `"1e-3"` for a float is 0.001; a `Literal` field takes only its choices) and the
+ranges by `Config.validate`; either way a bad value raises `ConfigError` naming it as
+`section.field`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
-from pydantic.dataclasses import dataclass as _pydantic_dataclass
+from pydantic.dataclasses import dataclass
 
 from backtrack.prompts import PROMPT_FORMATS
+from backtrack.validation import problems
 
 Objective = Literal["rewind", "masked"]
 ErrorSourceName = Literal["random", "in_distribution", "mixed"]
-OBJECTIVES = ("rewind", "masked")
-ERROR_SOURCES = ("random", "in_distribution", "mixed")
 
 
 class ConfigError(ValueError):
@@ -32,15 +32,11 @@ class ConfigError(ValueError):
 
 
 SECTION = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-"""Unknown fields are mistakes; a number where a string goes (`output_dir=2024`) is a string."""
+"""Every section is a pydantic dataclass with this config: unknown fields are mistakes; a number
+where a string goes (`output_dir=2024`) is a string."""
 
 
-def dataclass(cls: type) -> Any:
-    """A section: a standard dataclass whose fields pydantic validates on construction."""
-    return _pydantic_dataclass(config=SECTION)(cls)
-
-
-@dataclass
+@dataclass(config=SECTION)
 class ModelConfig:
     name_or_path: str = "tiny"
     """`tiny`: a Llama built from the fields below and trained from scratch with the char
@@ -55,7 +51,7 @@ class ModelConfig:
     trust_remote_code: bool = False
 
 
-@dataclass
+@dataclass(config=SECTION)
 class DataConfig:
     task: str | None = "addition"
     """The bundled synthetic task (`addition`); None reads `train_file`/`eval_file` instead."""
@@ -79,7 +75,7 @@ class DataConfig:
     `backtrack.json`; the server encodes every route's prompts the same way."""
 
 
-@dataclass
+@dataclass(config=SECTION)
 class PhaseConfig:
     start_epoch: float = 0.0
     """The phase begins at this (fractional) epoch and lasts until the next phase begins."""
@@ -89,7 +85,7 @@ class PhaseConfig:
     """Share of examples that are corrupted in this phase; the rest stay clean."""
 
 
-@dataclass
+@dataclass(config=SECTION)
 class BacktrackConfig:
     use_backtrack: bool = True
     """False trains plain SFT (no injected errors): the baseline to compare against."""
@@ -114,7 +110,7 @@ class BacktrackConfig:
     """Words whose embeddings initialise BT's (their mean); the mean embedding when none exist."""
 
 
-@dataclass
+@dataclass(config=SECTION)
 class TrainingConfig:
     output_dir: str = "checkpoints/default"
     epochs: float = 8.0
@@ -154,10 +150,10 @@ def trainer_argument_names() -> frozenset[str]:
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-BACKTRACK_ROWS = ("token", "full")
+BacktrackRows = Literal["token", "full"]
 
 
-@dataclass
+@dataclass(config=SECTION)
 class LoraConfig:
     """LoRA (and QLoRA) with peft: adapters on the linear layers, BT's rows trained in full."""
 
@@ -169,7 +165,7 @@ class LoraConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     """Linear layers that get adapters (Llama's names); the output layer never does."""
-    backtrack_rows: str = "token"
+    backtrack_rows: BacktrackRows = "token"
     """`token`: only BT's embedding and output rows train (peft's `trainable_token_indices`),
     every other row stays frozen; `full`: the whole embedding and output matrices train
     (`modules_to_save`), several GB of gradients and Adam state more for a 128k vocabulary."""
@@ -178,7 +174,7 @@ class LoraConfig:
     checkpoint is written from a full-precision reload of the base, never from 4-bit weights."""
 
 
-@dataclass
+@dataclass(config=SECTION)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -191,10 +187,6 @@ class Config:
 
     def validate(self) -> None:
         bt = self.backtrack
-        _require(bt.objective in OBJECTIVES, "backtrack.objective", f"one of {OBJECTIVES}")
-        _require(
-            bt.error_source in ERROR_SOURCES, "backtrack.error_source", f"one of {ERROR_SOURCES}"
-        )
         _require(0 <= bt.random_error_share <= 1, "backtrack.random_error_share", "in [0, 1]")
         _require(bt.max_errors >= 0, "backtrack.max_errors", "at least 0")
         _require(0 <= bt.error_share <= 1, "backtrack.error_share", "in [0, 1]")
@@ -233,15 +225,12 @@ class Config:
         _require(lora.alpha > 0, "lora.alpha", "positive")
         _require(0 <= lora.dropout < 1, "lora.dropout", "in [0, 1)")
         _require(bool(lora.target_modules), "lora.target_modules", "a non-empty list")
-        _require(
-            lora.backtrack_rows in BACKTRACK_ROWS, "lora.backtrack_rows", f"one of {BACKTRACK_ROWS}"
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_CONFIG = TypeAdapter(Config)
+_CONFIG: TypeAdapter[Config] = TypeAdapter(Config)
 
 
 def _require(ok: bool, name: str, expectation: str) -> None:
@@ -292,13 +281,13 @@ def _validate(raw: Any) -> Config:
 
 
 def _config_error(error: ValidationError) -> ConfigError:
-    first = error.errors()[0]
-    cause = first.get("ctx", {}).get("error")
+    first = problems(error.errors())[0]
+    cause = first.context.get("error")
     if isinstance(cause, ConfigError):  # raised by Config.validate: already names its field
         return cause
-    name = ".".join(str(part) for part in first["loc"]) or "config"
-    if first["type"] == "unexpected_keyword_argument":
+    name = first.field(empty="config")
+    if first.kind == "unexpected_keyword_argument":
         return ConfigError(f"unknown field {name}")
-    if first["type"] == "literal_error":
-        return ConfigError(f"{name} must be one of {first['ctx']['expected']}")
-    return ConfigError(f"{name}: {first['msg']} (got {first.get('input')!r})")
+    if first.kind == "literal_error":
+        return ConfigError(f"{name} must be one of {first.context['expected']}")
+    return ConfigError(f"{name}: {first.message} (got {first.value!r})")

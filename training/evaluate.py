@@ -36,6 +36,7 @@ from backtrack.device import resolve_dtype
 from backtrack.params import MODES, BacktrackPolicy, GenerationParams, Mode
 from backtrack.prompts import PromptEncoder
 from backtrack.threads import configure_threads
+from backtrack.tokens import embedding_rows
 from training.config import Config, config_from_dict
 from training.data import encode, load_problems
 from training.errors import in_distribution_source, out_of_distribution_source
@@ -81,7 +82,9 @@ def decoding_params(
     )
 
 
-def run_decoding(subject: Subject, temperature: float, policy: str, mode: str) -> RunFigures:
+def run_decoding(
+    subject: Subject, temperature: float, policy: BacktrackPolicy, mode: Mode
+) -> RunFigures:
     """Exact match over the problems, and the mean number of backtracks per answer.
 
     Every problem is one row of the server's batch decoder, seeded by its index, so the figures
@@ -118,7 +121,7 @@ def recovery_rate(subject: Subject, seed: int = 0, kind: str = "in_distribution"
     if kind == "in_distribution":
         source = in_distribution_source(examples, special)
     else:
-        vocab = subject.model.get_input_embeddings().weight.shape[0]
+        vocab = embedding_rows(subject.model)
         source = out_of_distribution_source(examples, vocab, special)
     rng = random.Random(seed)
     requests, forced = [], []
@@ -166,7 +169,9 @@ def error_repair(plain: float, with_backtrack: float) -> float | None:
 
 
 def evaluate(
-    subject: Subject, temperatures: tuple[float, ...] = TEMPERATURES, modes: tuple[str, ...] = MODES
+    subject: Subject,
+    temperatures: tuple[float, ...] = TEMPERATURES,
+    modes: tuple[Mode, ...] = MODES,
 ) -> dict:
     accuracy: dict[str, dict[str, float]] = {}
     backtracks: dict[str, dict[str, float]] = {}
@@ -230,7 +235,7 @@ def evaluate_checkpoint(
     checkpoint: LoadedCheckpoint,
     count: int | None,
     temperatures: tuple[float, ...],
-    modes: tuple[str, ...],
+    modes: tuple[Mode, ...],
 ) -> dict:
     config = config_from_dict(checkpoint.metadata.training_config or {})
     problems = held_out_problems(config, count)

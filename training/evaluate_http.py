@@ -16,11 +16,12 @@ import argparse
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
-import httpx
 from transformers import AutoTokenizer
 
-from backtrack.params import GenerationParams
+from backtrack.params import BacktrackPolicy, GenerationParams
+from clients.client import AsyncBacktrackClient
 from training.config import config_from_dict
 from training.evaluate import TEMPERATURES, decoding_params, held_out_problems
 from training.tasks import Problem
@@ -29,34 +30,24 @@ CONCURRENCY = 32
 """Requests in flight: enough for the server to batch them, as `make eval` does in-process."""
 
 
-def request_body(problem: Problem, params: GenerationParams) -> dict:
-    """`/generate`'s body for one problem: every parameter the in-process evaluation sets."""
-    parameters = {
-        "max_new_tokens": params.max_new_tokens,
-        "do_sample": params.do_sample,
-        "temperature": params.temperature,
-        "seed": params.seed,
-        "mode": params.mode,
-        "backtrack_policy": params.backtrack_policy,
-        "max_backtracks": params.max_backtracks,
-        "max_backtrack_depth": params.max_backtrack_depth,
-    }
-    return {"inputs": problem.prompt, "parameters": parameters}
+def request_body(problem: Problem, params: GenerationParams) -> dict[str, Any]:
+    """`/generate`'s body for one problem: every parameter the in-process evaluation decodes
+    with, from the vocabulary itself, so the server cannot fall back on a default of its own."""
+    return {"inputs": problem.prompt, "parameters": params.model_dump(exclude_none=True)}
 
 
 async def served_texts(
-    url: str, bodies: list[dict], api_key: str | None = None, timeout: float = 300.0
+    url: str, bodies: list[dict[str, Any]], api_key: str | None = None, timeout: float = 300.0
 ) -> list[str]:
-    """`generated_text` for every body, CONCURRENCY requests at a time; errors raise."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """`generated_text` for every body through the project's client, CONCURRENCY requests at a
+    time (a refusal it does not retry raises)."""
     gate = asyncio.Semaphore(CONCURRENCY)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as client:
+    async with AsyncBacktrackClient(url, api_key=api_key, timeout=timeout) as client:
 
-        async def one(body: dict) -> str:
+        async def one(body: dict[str, Any]) -> str:
             async with gate:
-                response = await client.post("/generate", json=body)
-                response.raise_for_status()
-                return str(response.json()["generated_text"])
+                answer = await client.generate(body["inputs"], details=False, **body["parameters"])
+                return answer.generated_text
 
         return list(await asyncio.gather(*(one(body) for body in bodies)))
 
@@ -66,7 +57,7 @@ def accuracy_over_http(
     problems: list[Problem],
     lengths: list[int],
     temperature: float,
-    policy: str,
+    policy: BacktrackPolicy,
     api_key: str | None = None,
 ) -> float:
     bodies = [

@@ -80,8 +80,9 @@ def forget_gguf_origin(model: PreTrainedModel) -> None:
     """A GGUF model is de-quantized to full precision on load, yet still flagged as quantized,
     which makes the Trainer refuse it and `save_pretrained` write a GGUF quantization config.
     Its weights are ordinary tensors: drop the flag so it trains and saves as a plain model."""
-    if model.hf_quantizer is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)  # set by from_pretrained, not declared
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
 
 
 def starting_point(

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from backtrack.tokens import embedding_rows, input_embeddings
+
 
 @dataclass(frozen=True)
 class InitReport:
@@ -53,9 +55,9 @@ def init_backtrack_embedding(
 ) -> InitReport:
     """Set BT's input (and untied output) embedding to the mean of the related tokens' rows."""
     source_ids = related_token_ids(tokenizer, words, exclude=[backtrack_id])
-    fallback_ids = _ordinary_ids(tokenizer, len(model.get_input_embeddings().weight))
+    fallback_ids = _ordinary_ids(tokenizer, embedding_rows(model))
     rows = source_ids or fallback_ids
-    inputs = model.get_input_embeddings().weight
+    inputs = input_embeddings(model)
     inputs[backtrack_id] = inputs[rows].float().mean(dim=0).to(inputs.dtype)
     outputs = model.get_output_embeddings()
     if outputs is not None and outputs.weight.data_ptr() != inputs.data_ptr():
@@ -64,7 +66,8 @@ def init_backtrack_embedding(
         )
         if getattr(outputs, "bias", None) is not None:
             outputs.bias[backtrack_id] = outputs.bias[rows].float().mean()
-    return InitReport(source_ids, tokenizer.convert_ids_to_tokens(source_ids))
+    tokens = tokenizer.convert_ids_to_tokens(source_ids)
+    return InitReport(source_ids, [tokens] if isinstance(tokens, str) else list(tokens))
 
 
 def _ordinary_ids(tokenizer: PreTrainedTokenizerBase, rows: int) -> list[int]:

@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
@@ -27,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from backtrack.checkpoint import CheckpointMetadata, save_metadata
 from backtrack.threads import configure_threads
+from backtrack.tokens import embedding_rows
 from training import lora
 from training.collator import BacktrackCollator
 from training.config import Config, ConfigError, PhaseConfig, load_config
@@ -60,46 +62,40 @@ class BacktrackTrainer(Trainer):
         self.is_fsdp_enabled = enable_fsdp_on_cpu(self.accelerator)
 
 
-RENAMED_FOR_TRAINER = {
+TRAINER_NAMES: dict[str, str | None] = {
     "epochs": "num_train_epochs",
     "warmup_ratio": "warmup_steps",  # a float below 1 is a ratio to TrainingArguments
     "gradient_checkpointing": "activation_checkpointing",
+    # the pipeline interprets these itself rather than passing them through
+    "output_dir": None,
+    "eval_steps": None,
+    "resume": None,
+    "threads": None,
+    "trainer_args": None,
 }
-"""`training` fields whose TrainingArguments name differs; the others pass by their own name."""
-PIPELINE_ONLY = {"output_dir", "eval_steps", "resume", "threads", "trainer_args"}
-"""`training` fields the pipeline interprets itself rather than passing through."""
-FIXED_BY_PIPELINE = frozenset(
-    {
-        "output_dir",
-        "save_total_limit",
-        "eval_strategy",
-        "eval_steps",
-        "report_to",
-        "remove_unused_columns",
-        "dataloader_num_workers",
-        "ddp_backend",
-        "use_cpu",
-        "activation_checkpointing_kwargs",
-        "include_num_input_tokens_seen",
-    }
-)
-"""TrainingArguments the pipeline sets itself (`training_arguments` lists why)."""
+"""The one mapping of the `training` section onto TrainingArguments: a field's name there, or
+None for a field the pipeline reads itself; a field not listed passes by its own name."""
 
 
-def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
-    """The `training` section as TrainingArguments: each field by name, then what the pipeline
-    fixes (evaluation only with held-out data, the collator in this process, gloo for DDP on
-    CPU), then `trainer_args` for anything else; a field set twice fails at start-up."""
+def section_arguments(config: Config) -> dict[str, Any]:
+    """The `training` section's fields under their TrainingArguments names."""
+    run = config.training
+    passed: dict[str, Any] = {}
+    for item in fields(run):
+        name = TRAINER_NAMES.get(item.name, item.name)
+        if name is not None:
+            passed[name] = getattr(run, item.name)
+    return passed
+
+
+def pipeline_arguments(config: Config, has_eval: bool) -> dict[str, Any]:
+    """What the pipeline fixes: evaluation only with held-out data, the collator in this
+    process, gloo for DDP on CPU, checkpoints under `<output_dir>/trainer`."""
     run = config.training
     eval_every = run.eval_steps if has_eval and run.eval_steps > 0 else 0
     on_gpu = torch.cuda.is_available()
     distributed_cpu = torch.distributed.is_torchelastic_launched() and not on_gpu
-    passed = {
-        RENAMED_FOR_TRAINER.get(item.name, item.name): getattr(run, item.name)
-        for item in fields(run)
-        if item.name not in PIPELINE_ONLY
-    }
-    fixed = {
+    return {
         "output_dir": str(Path(run.output_dir) / "trainer"),
         "save_total_limit": 1,
         "eval_strategy": "steps" if eval_every else "no",
@@ -112,20 +108,21 @@ def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
         "activation_checkpointing_kwargs": {"use_reentrant": False},
         "include_num_input_tokens_seen": "all",  # tokens/s per process in train_results.json
     }
-    check_trainer_args(config, set(passed) | set(fixed))
-    return TrainingArguments(**passed, **fixed, **run.trainer_args)
+
+
+def training_arguments(config: Config, has_eval: bool) -> TrainingArguments:
+    """The `training` section as TrainingArguments: each field by name, then what the pipeline
+    fixes, then `trainer_args` for anything else; a field set twice fails at start-up."""
+    arguments = {**section_arguments(config), **pipeline_arguments(config, has_eval)}
+    check_trainer_args(config, set(arguments))
+    return TrainingArguments(**arguments, **config.training.trainer_args)
 
 
 def check_trainer_args(config: Config, taken: set[str] | None = None) -> None:
     """`trainer_args` may not set what the section or the pipeline already sets (ConfigError)."""
-    run = config.training
     if taken is None:
-        taken = {
-            RENAMED_FOR_TRAINER.get(item.name, item.name)
-            for item in fields(run)
-            if item.name not in PIPELINE_ONLY
-        } | FIXED_BY_PIPELINE
-    for name in run.trainer_args:
+        taken = set(section_arguments(config)) | set(pipeline_arguments(config, has_eval=False))
+    for name in config.training.trainer_args:
         if name in taken:
             raise ConfigError(
                 f"training.trainer_args.{name}: set by the training section or the pipeline"
@@ -171,7 +168,7 @@ def _injector(
 ) -> Injector:
     """Each process draws its own errors (the seed includes the process index)."""
     special = [*start.tokenizer.all_special_ids, start.backtrack_id]
-    vocab_size = start.model.get_input_embeddings().weight.shape[0]
+    vocab_size = embedding_rows(start.model)
     source = build_source(
         config.backtrack.error_source,
         train_set.examples,
@@ -185,7 +182,7 @@ def _injector(
 def resume_point(config: Config, trainer: Trainer) -> str | None:
     """The newest Trainer checkpoint of an interrupted run, when resuming is on."""
     directory = trainer.args.output_dir
-    if not config.training.resume or not Path(directory).is_dir():
+    if not config.training.resume or directory is None or not Path(directory).is_dir():
         return None
     return get_last_checkpoint(directory)
 

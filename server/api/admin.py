@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 import server
 from backtrack.params import MODES, POLICIES, describe
 from server.api.deps import Service
-from server.service import Limits
+from server.limits import Limits
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 INDEX_PAGE = STATIC_DIR / "index.html"
@@ -40,21 +40,14 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
         "model_dtype": str(served.dtype).removeprefix("torch."),
         "model_device_type": served.device.type,
         "kv_layout": served.kv_layout,
-        "compiled_step": request.app.state.settings.compile and served.kv_layout == "slots",
+        "compiled_step": served.compile_step,
         "threads": served.threads,
         "backtrack_token": served.backtrack_token,
         "backtrack_token_id": served.backtrack_id,
         "objective": served.metadata.objective,
         "task": served.metadata.task,
-        "max_input_tokens": service.input_token_limit,
-        "max_input_chars": limits.max_input_chars,
-        "max_new_tokens": limits.max_new_tokens,
-        "default_max_new_tokens": limits.default_max_new_tokens,
+        **limits.published(),
         "max_context": served.max_context,
-        "max_stop_sequences": limits.max_stop_sequences,
-        "max_stop_sequence_chars": limits.max_stop_sequence_chars,
-        "max_backtracks": limits.max_backtracks,
-        "max_backtrack_depth": limits.max_backtrack_depth,
         "max_request_bytes": settings.max_request_bytes,
         "max_concurrent_requests": settings.max_concurrent_requests,
         "max_queue_size": settings.max_queue_size,
@@ -73,11 +66,7 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
 def parameters(limits: Limits) -> list[dict[str, Any]]:
     """The request vocabulary (`backtrack.params.describe`) with this server's caps as maxima and
     its defaults where it changes them: the web page builds its controls from this."""
-    caps = {
-        "max_new_tokens": limits.max_new_tokens,
-        "max_backtracks": limits.max_backtracks,
-        "max_backtrack_depth": limits.max_backtrack_depth,
-    }
+    caps = limits.parameter_maxima()
     defaults = {"max_new_tokens": limits.default_max_new_tokens}
     described = describe()
     for entry in described:

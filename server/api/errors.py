@@ -1,23 +1,67 @@
-"""Error bodies: every refusal is JSON naming what was wrong, never a 500 for bad input.
+"""Error bodies and their handlers: every refusal is JSON naming what was wrong, never a 500
+for bad input.
 
-TGI-style routes answer `{"error": str, "error_type": str}` (plus `field` for validation);
-`/v1/*` routes answer OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+TGI-style routes answer `TgiError` (`{"error": str, "error_type": str}`, plus `field` for
+validation); `/v1/*` routes answer `OpenAIError` (`{"error": {"message", "type", "param",
+"code"}}`). The same models document the refusals in the OpenAPI schema (`error_responses`).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from backtrack.params import GenerationParams, InvalidParameter, rule_text
-from server.api.schemas import StreamOptionsWithoutStream
-from server.engine import QueueFull, ShuttingDown
+from backtrack.validation import Problem, problems
+from server.api.openai_protocol import StreamOptionsWithoutStream
+from server.bridge import QueueFull, ShuttingDown
+
+
+class TgiError(BaseModel):
+    """A refusal on the TGI routes (TGI's shape, plus the field for a validation error)."""
+
+    error: str
+    error_type: str
+    field: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | None = None
+
+
+class OpenAIError(BaseModel):
+    """A refusal on the /v1 routes (OpenAI's shape)."""
+
+    error: OpenAIErrorBody
+
+
+REFUSALS = {
+    400: "the body is not JSON, or stream_options without stream",
+    401: "missing or wrong API key",
+    404: "an unknown model",
+    413: "the body is larger than max_request_bytes",
+    422: "a field out of its range, of the wrong type, or unknown; names the field",
+    429: "every slot and queue place taken (Retry-After)",
+    499: "the client disconnected before the answer",
+    500: "generation failed",
+    503: "loading or shutting down (Retry-After)",
+}
+
+
+def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The refusals a generation route can answer, documented with their body."""
+    return {code: {"model": model, "description": text} for code, text in REFUSALS.items()}
 
 
 class ApiError(Exception):
@@ -35,25 +79,23 @@ class ApiError(Exception):
         self.status, self.message, self.error_type = status, message, error_type
         self.field, self.headers = field, headers
 
+    def tgi_body(self) -> TgiError:
+        return TgiError(error=self.message, error_type=self.error_type, field=self.field)
+
+    def openai_body(self) -> OpenAIError:
+        body = OpenAIErrorBody(
+            message=self.message, type=self.error_type, param=self.field, code=self.status
+        )
+        return OpenAIError(error=body)
+
 
 def error_response(request: Request, error: ApiError) -> JSONResponse:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None and request.method == "POST":
         metrics.rejected_requests.labels(endpoint_label(request), error.error_type).inc()
-    if request.url.path.startswith("/v1/"):
-        body: dict = {
-            "error": {
-                "message": error.message,
-                "type": error.error_type,
-                "param": error.field,
-                "code": error.status,
-            }
-        }
-    else:
-        body = {"error": error.message, "error_type": error.error_type}
-        if error.field is not None:
-            body["field"] = error.field
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+    body = error.openai_body() if request.url.path.startswith("/v1/") else error.tgi_body()
+    content = body.model_dump(exclude_none=isinstance(body, TgiError))
+    return JSONResponse(content, status_code=error.status, headers=error.headers)
 
 
 def endpoint_label(request: Request) -> str:
@@ -81,15 +123,14 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def field_name(location: tuple | list) -> str:
-    """`("body", "parameters", "top_k")` -> `parameters.top_k`; pydantic's union member tags
-    (`prompt.str`, `prompt.list[int].0`) are not field names and are left out."""
-    parts = [
-        str(part)
-        for part in location
-        if part != "body" and not (isinstance(part, str) and _UNION_TAG.match(part))
-    ]
-    return ".".join(parts) or "body"
+def _not_a_field(part: str | int) -> bool:
+    """`body`, and pydantic's union member tags (`prompt.str`, `prompt.list[int].0`)."""
+    return part == "body" or (isinstance(part, str) and bool(_UNION_TAG.match(part)))
+
+
+def field_name(location: tuple[str | int, ...]) -> str:
+    """`("body", "parameters", "top_k")` -> `parameters.top_k`."""
+    return Problem(location, "", "").field(skip=_not_a_field, empty="body")
 
 
 BOUNDS = ("ge", "gt", "le", "lt")
@@ -108,7 +149,7 @@ RANGE_ERRORS = frozenset(
 """Pydantic's range errors: for a vocabulary field, worded by the vocabulary (its rule)."""
 
 
-def _vocabulary_field(location: tuple | list) -> tuple[str, FieldInfo] | None:
+def _vocabulary_field(location: tuple[str | int, ...]) -> tuple[str, FieldInfo] | None:
     """(`parameters.stop`, its FieldInfo) when the location is inside a vocabulary field."""
     parts = field_name(location).split(".")
     for number, part in enumerate(parts):
@@ -118,24 +159,24 @@ def _vocabulary_field(location: tuple | list) -> tuple[str, FieldInfo] | None:
 
 
 def validation_error(error: RequestValidationError) -> ApiError:
-    first = error.errors()[0]
-    name = field_name(first.get("loc", ()))
-    cause = first.get("ctx", {}).get("error")
+    first = problems(error.errors())[0]
+    name = first.field(skip=_not_a_field, empty="body")
+    cause = first.context.get("error")
     if isinstance(cause, StreamOptionsWithoutStream):
         return ApiError(400, f"stream_options: {cause}", "invalid_request_error", "stream_options")
-    vocabulary = _vocabulary_field(first.get("loc", ()))
-    if vocabulary is not None and first.get("type") in RANGE_ERRORS:
+    vocabulary = _vocabulary_field(first.location)
+    if vocabulary is not None and first.kind in RANGE_ERRORS:
         prefix, info = vocabulary
         rule = rule_text(info)
-        limits = {_number(value) for value in first.get("ctx", {}).values()}
+        limits = {_number(value) for value in first.context.values()}
         bounds = {_number(getattr(item, key, None)) for item in info.metadata for key in BOUNDS}
-        worded = first.get("type") == "string_too_short" or limits <= bounds
+        worded = first.kind == "string_too_short" or limits <= bounds
         worded = worded and prefix.rsplit(".", 1)[-1] not in WIDER_ON_THE_WIRE
         if rule and worded:  # the vocabulary's own range (not a narrower one)
             return ApiError(422, f"{prefix} {rule}", "validation", prefix)
-    if first.get("type") == "json_invalid":
-        return ApiError(422, f"body: invalid JSON ({first.get('msg')})", "validation", "body")
-    return ApiError(422, f"{name}: {first.get('msg')}", "validation", name)
+    if first.kind == "json_invalid":
+        return ApiError(422, f"body: invalid JSON ({first.message})", "validation", "body")
+    return ApiError(422, f"{name}: {first.message}", "validation", name)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -164,7 +205,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
-        headers = error.headers
+        headers = dict(error.headers) if error.headers is not None else None
         if error.status_code == 405:  # Starlette names the first route's methods only
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return error_response(

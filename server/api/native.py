@@ -16,11 +16,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from backtrack.events import BacktrackEvent, DoneEvent, ErrorEvent, TokenEvent, event_payload
 from server.api.deps import Service, Streaming, require_api_key
-from server.api.errors import ApiError
+from server.api.errors import ApiError, TgiError, error_responses
 from server.api.formats import final_tokens, tgi_finish_reason
-from server.api.schemas import GenerateRequest, TgiError, error_responses, tgi_params
 from server.api.streaming import collect, sse_data, sse_event, sse_response
-from server.engine import Stream
+from server.api.tgi_protocol import GenerateRequest, tgi_params
+from server.bridge import Stream
 from server.service import GenerationService
 
 router = APIRouter(
@@ -28,8 +28,10 @@ router = APIRouter(
     tags=["generation"],
     responses={**error_responses(TgiError), 424: {"model": TgiError, "description": "failed"}},
 )
-EVENT_STREAM = {"text/event-stream": {}}
-JSON_OR_STREAM = {200: {"content": {"application/json": {}, **EVENT_STREAM}}}
+EVENT_STREAM: dict[str, Any] = {"text/event-stream": {}}
+JSON_OR_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, **EVENT_STREAM}}
+}
 
 
 async def _submit(
@@ -70,7 +72,9 @@ async def generate_stream(
     body: GenerateRequest, service: Service, streaming: Streaming
 ) -> Response:
     stream = await _submit(service, body, "/generate_stream", hold=True)
-    return sse_response(stream, TgiRenderer(service, body.parameters.details).frames, streaming)
+    return sse_response(
+        stream, TgiRenderer.for_service(service, body.parameters.details).frames, streaming
+    )
 
 
 @router.post(
@@ -127,10 +131,22 @@ async def native_frames(stream: Stream) -> AsyncIterator[ServerSentEvent]:
 class TgiRenderer:
     """TGI stream lines; the last token line is held until `done` so it can carry the result."""
 
-    def __init__(self, service: GenerationService, details: bool) -> None:
-        self.served = service.served
-        self.special_ids = service.special_ids
-        self.details = details
+    def __init__(
+        self,
+        special_ids: frozenset[int],
+        backtrack_id: int,
+        backtrack_token: str,
+        eos_id: int | None,
+        details: bool,
+    ) -> None:
+        self.special_ids, self.details = special_ids, details
+        self.backtrack_id, self.backtrack_token, self.eos_id = backtrack_id, backtrack_token, eos_id
+
+    @classmethod
+    def for_service(cls, service: GenerationService, details: bool) -> TgiRenderer:
+        served = service.served
+        eos = served.tokenizer.eos_token_id
+        return cls(service.special_ids, served.backtrack_id, served.backtrack_token, eos, details)
 
     async def frames(self, stream: Stream) -> AsyncIterator[ServerSentEvent]:
         pending: dict[str, Any] | None = None
@@ -153,8 +169,8 @@ class TgiRenderer:
             return {"index": event.index, "token": token, "generated_text": None, "details": None}
         # Only when hold-back is off: the deletion appears as the special BT token.
         token = {
-            "id": self.served.backtrack_id,
-            "text": self.served.backtrack_token,
+            "id": self.backtrack_id,
+            "text": self.backtrack_token,
             "logprob": 0.0,
             "special": True,
         }
@@ -170,9 +186,8 @@ class TgiRenderer:
         if done.finish_reason == "error":
             return {"error": "generation failed; see the server log", "error_type": "generation"}
         if pending is None:  # nothing shown (e.g. EOS at once): TGI ends on a special token
-            eos = self.served.tokenizer.eos_token_id
             token = {
-                "id": eos if eos is not None else 0,
+                "id": self.eos_id if self.eos_id is not None else 0,
                 "text": "",
                 "logprob": 0.0,
                 "special": True,

@@ -24,7 +24,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
@@ -32,11 +32,13 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from backtrack.events import DoneEvent, Event
+from backtrack.events import DoneEvent
 from server.api.errors import ApiError
-from server.engine import Stream
+from server.bridge import CancellableStream
 
 SSE_HEADERS = {"Cache-Control": "no-cache"}
+T = TypeVar("T")
+S = TypeVar("S", bound=CancellableStream[Any])
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,10 @@ def sse_data(data: dict[str, Any] | str) -> ServerSentEvent:
     return ServerSentEvent(body, sep="\n")
 
 
-Renderer = Callable[[Stream], AsyncIterator[ServerSentEvent]]
-
-
 def sse_response(
-    stream: Stream, render: Renderer, options: SSEOptions | None = None
+    stream: S,
+    render: Callable[[S], AsyncIterator[ServerSentEvent]],
+    options: SSEOptions | None = None,
 ) -> EventSourceResponse:
     """Stream `render(stream)`'s frames; a client that leaves cancels the generation."""
     options = options or SSEOptions()
@@ -101,7 +102,7 @@ def sse_response(
 class CancellingResponse(EventSourceResponse):
     """An event-stream response that cancels its generation when it ends without `done`."""
 
-    def __init__(self, stream: Stream, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, stream: CancellableStream[Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream = stream
 
@@ -115,18 +116,19 @@ class CancellingResponse(EventSourceResponse):
                 self.stream.cancel()
 
 
-async def collect(stream: Stream, request: Request) -> tuple[list[Event], DoneEvent]:
-    """Every event of a non-streaming request; cancels it if the client disconnects first."""
-    events: list[Event] = []
+async def collect(stream: CancellableStream[T], request: Request) -> tuple[list[T], DoneEvent]:
+    """Every item of a non-streaming request (one stream's events, or every choice's) and the
+    final `done`; cancels the generation if the client disconnects first (499)."""
+    items: list[T] = []
 
     async def gather() -> None:
-        async for event in stream:
-            events.append(event)
+        async for item in stream:
+            items.append(item)
 
     await unless_disconnected(request, gather(), stream.cancel)
     if stream.done is None:
         raise ApiError(499, "client disconnected", "cancelled")
-    return events, stream.done
+    return items, stream.done
 
 
 async def unless_disconnected(

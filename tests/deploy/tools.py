@@ -57,7 +57,7 @@ def env_of(container_spec: dict[str, Any]) -> dict[str, str]:
 def kubectl_kustomize(directory: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed: only the Python rendering is checked")
+        pytest.skip("kubectl is not installed: `apt-get install kubernetes-client` runs this check")
     result = subprocess.run(
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
@@ -70,5 +70,7 @@ def checkov() -> str:
         return str(CHECKOV)
     path = shutil.which("checkov")
     if path is None:
-        pytest.skip("checkov is not installed: `make deploy-lint` installs it")
+        pytest.skip(
+            "checkov is not installed: `bash scripts/install_checkov.sh` (run by `make test`)"
+        )
     return path

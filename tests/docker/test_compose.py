@@ -1,4 +1,4 @@
-"""docker/compose.yaml: valid against the compose spec, and wired the way the README says.
+"""docker/compose.yaml: valid against the compose spec, and wired the way docs/deployment.md says.
 
 `docker compose config` validates the files and resolves them (defaults, anchors, the CPU
 override's `!reset`); the checks below read that resolved model, as Docker would run it.
@@ -148,9 +148,9 @@ def test_replicas_sit_behind_a_load_balancer_on_the_server_port(gpu):
     assert ["proxy_buffering", "off"] in directives  # SSE events reach the client one by one
 
 
-def test_the_readme_recipe_pins_a_replica_to_one_gpu(tmp_path):
-    """The README's one-replica-per-GPU file resolves to a `server` replica on GPU 1 only."""
-    readme = (REPO / "README.md").read_text()
+def test_the_documented_recipe_pins_a_replica_to_one_gpu(tmp_path):
+    """docs/deployment.md's one-replica-per-GPU file resolves to a `server` replica on GPU 1 only."""
+    readme = (REPO / "docs" / "deployment.md").read_text()
     (recipe,) = [
         block for block in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "device_ids" in block
     ]

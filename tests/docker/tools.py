@@ -90,7 +90,9 @@ def prometheus_tool(name: str) -> str:
     """A binary of Debian's `prometheus` package (promtool, prometheus), or a skip saying how."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed: `make docker-lint` installs it")
+        pytest.skip(
+            f"{name} is not installed: `bash scripts/install_promtool.sh` (run by `make test`)"
+        )
     return path
 
 

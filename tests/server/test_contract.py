@@ -37,9 +37,12 @@ def sdk(server) -> openai.OpenAI:
 # -- TGI's own client -----------------------------------------------------------------------------
 
 
+TGI_CLIENT_MISSING = "TGI's client is not installed: `make install` adds text-generation"
+
+
 @pytest.mark.filterwarnings(TGI_CLIENT_WARNING)
 def test_text_generation_client_generate_and_stream(server):
-    text_generation = pytest.importorskip("text_generation")
+    text_generation = pytest.importorskip("text_generation", reason=TGI_CLIENT_MISSING)
     client = text_generation.Client(server.url, headers=HEADERS, timeout=30)
     response = client.generate(PROMPT, max_new_tokens=20)
     assert response.generated_text == EXPECTED_TEXT
@@ -53,7 +56,7 @@ def test_text_generation_client_generate_and_stream(server):
 
 @pytest.mark.filterwarnings(TGI_CLIENT_WARNING)
 def test_text_generation_async_client(server):
-    text_generation = pytest.importorskip("text_generation")
+    text_generation = pytest.importorskip("text_generation", reason=TGI_CLIENT_MISSING)
 
     async def run() -> tuple[str, str]:
         client = text_generation.AsyncClient(server.url, headers=HEADERS, timeout=30)
@@ -78,7 +81,7 @@ def test_huggingface_hub_inference_client(server):
 @pytest.mark.filterwarnings(TGI_CLIENT_WARNING)
 def test_tgi_samples_when_a_warper_is_set(server):
     """TGI's `sampling = do_sample or has_warpers`: temperature 5 alone samples."""
-    text_generation = pytest.importorskip("text_generation")
+    text_generation = pytest.importorskip("text_generation", reason=TGI_CLIENT_MISSING)
     client = text_generation.Client(server.url, headers=HEADERS, timeout=30)
     texts = {
         client.generate(PROMPT, max_new_tokens=8, temperature=5.0, seed=seed).generated_text
@@ -103,13 +106,7 @@ def test_viewer_temperature_samples_like_tgi():
 
 
 def test_tgi_stream_marks_special_tokens_special():
-    class Served:
-        backtrack_id, backtrack_token = 9, "<|BACKTRACK|>"
-
-    class Service:
-        served, special_ids = Served(), frozenset({2, 9})
-
-    renderer = TgiRenderer(Service(), details=False)  # type: ignore[arg-type]
+    renderer = TgiRenderer(frozenset({2, 9}), 9, "<|BACKTRACK|>", eos_id=2, details=False)
     assert renderer._line(TokenEvent(0, 2, "</s>", -0.1))["token"]["special"] is True
     assert renderer._line(TokenEvent(1, 40, "a", -0.1))["token"]["special"] is False
 

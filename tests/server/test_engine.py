@@ -14,9 +14,10 @@ from backtrack.events import DoneEvent, TokenEvent
 from backtrack.params import GenerationParams
 from server.app import create_app
 from server.engine import Engine, EngineDown, GenerationRequest, QueueFull, Stream
+from server.limits import Limits
 from server.loading import ServedModel, load_served_model
 from server.metrics import Metrics
-from server.service import GenerationService, Limits
+from server.service import GenerationService
 from server.settings import Settings
 from tests.server.conftest import LOOP_PROMPT, PROMPT
 

@@ -25,7 +25,7 @@ MAX_EXAMPLES = 60
 def test_schemathesis_finds_no_contract_failure(scripted_checkpoint_dir: Path, tmp_path: Path):
     cli = Path(sys.executable).with_name("schemathesis")
     if not cli.exists():
-        pytest.skip("schemathesis is not installed (the dev extra)")
+        pytest.skip("schemathesis is not installed: `make install` adds it (the dev extra)")
     with running_server(
         scripted_checkpoint_dir,
         api_key=API_KEY,

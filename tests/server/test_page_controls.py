@@ -15,7 +15,7 @@ import pytest
 
 from backtrack.params import MODES, POLICIES, GenerationParams
 from server.api.admin import INDEX_PAGE, parameters
-from server.service import Limits
+from server.limits import Limits
 
 HARNESS = r"""
 const vm = require("vm");
@@ -48,7 +48,7 @@ def page_script() -> str:
 def run_page(described: list[dict], set_values: dict) -> dict:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("Node.js is not installed")
+        pytest.skip("Node.js is not installed: `apt-get install nodejs` runs this check")
     payload = json.dumps({"script": page_script(), "parameters": described, "set": set_values})
     result = subprocess.run(
         [node, "-e", HARNESS], input=payload, capture_output=True, text=True, timeout=30

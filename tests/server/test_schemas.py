@@ -6,21 +6,20 @@ from typing import Any
 
 import pytest
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, create_model
 
 from backtrack.params import GenerationParams, InvalidParameter, describe, rule_text
 from server.api.admin import parameters as info_parameters
 from server.api.errors import validation_error
-from server.api.schemas import (
+from server.api.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    GenerateRequest,
     OpenAIOptions,
-    Parameters,
     openai_params,
-    tgi_params,
 )
-from server.service import Limits
+from server.api.tgi_protocol import GenerateRequest, Parameters, tgi_params
+from server.api.vocabulary import StrictRequest, request_fields
+from server.limits import Limits
 
 LIMITS = Limits(max_input_tokens=100, max_new_tokens=50, default_max_new_tokens=20)
 
@@ -96,3 +95,19 @@ def test_info_describes_the_vocabulary_with_this_servers_caps():
     assert described["max_new_tokens"]["default"] == 20
     assert described["max_backtracks"]["maximum"] == LIMITS.max_backtracks
     assert described["mode"]["choices"] == ["rewind", "keep"]
+
+
+class Extended(GenerationParams):
+    knob: int = Field(3, ge=0, le=9)
+    """A parameter a newcomer adds: one field, nothing else."""
+
+
+def test_a_field_added_to_the_vocabulary_becomes_an_optional_request_field_with_its_range():
+    fields = request_fields(model=Extended)
+    Request = create_model("Request", __base__=StrictRequest, **fields)
+    assert Request().model_dump()["knob"] is None  # unset: this server's default
+    assert Request(knob=9).model_dump()["knob"] == 9
+    with pytest.raises(ValidationError):
+        Request(knob=10)
+    schema = Request.model_json_schema()["properties"]["knob"]
+    assert schema["description"] == "A parameter a newcomer adds: one field, nothing else."

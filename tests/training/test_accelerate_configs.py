@@ -1,4 +1,4 @@
-"""The accelerate config files the README's launch commands name parse, and say what they claim."""
+"""The accelerate config files docs/training.md's launch commands name parse, and say what they claim."""
 
 from __future__ import annotations
 

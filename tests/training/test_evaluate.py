@@ -1,4 +1,4 @@
-"""The evaluation's figures mean what the README says they mean."""
+"""The evaluation's figures mean what docs/evaluation.md says they mean."""
 
 from __future__ import annotations
 

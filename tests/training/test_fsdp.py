@@ -1,5 +1,5 @@
 """Full fine-tuning sharded with FSDP through `accelerate launch`: two CPU processes over gloo,
-with the accelerate config file the README documents. The sharded run writes one plain
+with the accelerate config file docs/training.md documents. The sharded run writes one plain
 checkpoint whose weights match plain data parallelism (torchrun, DDP) on the same data."""
 
 from __future__ import annotations

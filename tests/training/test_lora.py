@@ -145,7 +145,9 @@ def test_lora_under_an_fsdp_launch_is_refused(monkeypatch):
 def test_qlora_quantizes_the_base_in_4bit_nf4():
     settings = LoraConfig(enabled=True, qlora=True)
     assert lora.quantization_config(LoraConfig(enabled=True), torch.bfloat16) is None
-    pytest.importorskip("bitsandbytes")
+    pytest.importorskip(
+        "bitsandbytes", reason="bitsandbytes is not installed: `pip install bitsandbytes`"
+    )
     quantization = lora.quantization_config(settings, torch.bfloat16)
     assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
 

@@ -7,10 +7,9 @@ import random
 
 import pytest
 
-from benchmarks import bench_soak
-from benchmarks.bench_soak import (
-    CAPACITY,
-    Case,
+from benchmarks import soak_corpus as corpus
+from benchmarks.soak_corpus import CAPACITY, Case
+from benchmarks.soak_judge import (
     Outcome,
     failed_checks,
     judge_429,
@@ -30,7 +29,7 @@ backtrack_requests_total{endpoint="/generate",finish_reason="length"} 7.0
 
 def test_metrics_are_parsed_and_summed_by_label():
     values = parse_metrics(EXPOSITION)
-    assert values["backtrack_kv_cache_tokens"] == 0.0
+    assert metric_sum(values, "backtrack_kv_cache_tokens") == 0.0
     assert metric_sum(values, "backtrack_requests_total", finish_reason="cancelled") == 5
     assert metric_sum(values, "backtrack_requests_total") == 12
     assert metric_sum(values, "backtrack_missing") == 0
@@ -86,25 +85,25 @@ def test_the_checks_pass_clean_figures_and_name_each_failure():
     assert failed_checks({**passing(), "status_429": 0})
 
 
-@pytest.mark.parametrize("make", bench_soak.BAD_INPUTS)
+@pytest.mark.parametrize("make", corpus.BAD_INPUTS)
 def test_every_bad_input_expects_a_4xx_and_builds_a_request(make):
     case = make(random.Random(0))
     assert case.expect and all(400 <= status < 500 for status in case.expect)
     assert not case.generation
     if case.kind.startswith("oversize"):
-        assert len(case.raw) > bench_soak.MAX_REQUEST_BYTES
+        assert len(case.raw) > corpus.MAX_REQUEST_BYTES
 
 
 def test_good_cases_stay_within_the_limits_and_a_quarter_of_streams_drop():
     rng = random.Random(0)
-    cases = [bench_soak.valid_case(rng) for _ in range(2000)]
+    cases = [corpus.valid_case(rng) for _ in range(2000)]
     streams = [case for case in cases if case.stream]
     dropped = [case for case in streams if case.drop_after is not None]
     assert 0.2 < len(dropped) / len(streams) < 0.3
     assert all(1 <= case.drop_after <= 3 for case in dropped)
-    assert {case.path for case in cases} == set(bench_soak.GENERATION_PATHS)
+    assert {case.path for case in cases} == set(corpus.GENERATION_PATHS)
     for case in cases:
         options = case.body if case.path.startswith("/v1/") else case.body["parameters"]
-        assert len(options.get("stop", [])) <= bench_soak.MAX_STOP_SEQUENCES
-        assert options.get("max_backtracks", 0) <= bench_soak.MAX_BACKTRACKS
+        assert len(options.get("stop", [])) <= corpus.MAX_STOP_SEQUENCES
+        assert options.get("max_backtracks", 0) <= corpus.MAX_BACKTRACKS
         assert 0 <= options.get("seed", 0) < 2**64
