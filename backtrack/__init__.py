@@ -8,13 +8,13 @@ torch-free so `clients/` can share them; the token helpers load transformers on 
 
 from __future__ import annotations
 
-import os
 from typing import Any
+
+from backtrack.threads import bound_spin_waits
 
 __all__ = ["BACKTRACK_TOKEN", "add_backtrack_token", "backtrack_token_id"]
 
-# before torch loads OpenMP: idle threads sleep instead of spinning on shared cores
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+bound_spin_waits()  # before torch loads OpenMP: idle threads do not spin for long
 
 
 def __getattr__(name: str) -> Any:

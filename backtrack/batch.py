@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -172,7 +173,7 @@ class BatchDecoder:
         """One batched forward feeding every row's pending token (rows with none idle)."""
         if not self.kv.rows:
             return
-        rows: list[Row] = list(self.kv.keys)  # type: ignore[arg-type]
+        rows = [cast(Row, key) for key in self.kv.keys]  # the layout keys its rows by Row
         feeds = []
         for row in rows:
             if row.needs_feed:
@@ -239,7 +240,7 @@ class BatchDecoder:
         ready = [row for row in self.rows if row.ready]
         if not ready:
             return
-        logits = torch.stack([row.next_logits for row in ready])  # type: ignore[misc]
+        logits = torch.stack([row.logits_for_decision() for row in ready])
         choices = decide(logits, [row.sampling() for row in ready], self.backtrack_id)
         finished: list[Row] = []
         for index, row in enumerate(ready):

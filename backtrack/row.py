@@ -160,6 +160,12 @@ class Row:
         """(token, position) to feed next."""
         return self.context_ids[-1], len(self.context_ids) - 1
 
+    def logits_for_decision(self) -> torch.Tensor:
+        """The logits the next decision is taken on (a ready row has them)."""
+        if self.next_logits is None:
+            raise RuntimeError("the row is not ready: its last token has not been fed")
+        return self.next_logits
+
     def fed(self, logits: torch.Tensor) -> None:
         """The batch decoder fed `feed`; these are the logits it produced."""
         self.cached = len(self.context_ids)

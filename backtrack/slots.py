@@ -90,20 +90,10 @@ class _SlotLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = True
 
-    def lazy_initialization(self, key_states, value_states) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def _unused(self, *args, **kwargs):  # pragma: no cover
+        raise NotImplementedError("SlotCache.update writes the buffers itself")
 
-    def update(self, key_states, value_states, *args, **kwargs):  # pragma: no cover
-        raise NotImplementedError
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:  # pragma: no cover
-        raise NotImplementedError
-
-    def get_seq_length(self) -> int:  # pragma: no cover
-        raise NotImplementedError
-
-    def get_max_length(self) -> int:  # pragma: no cover
-        raise NotImplementedError
+    lazy_initialization = update = get_mask_sizes = get_seq_length = get_max_length = _unused
 
 
 class SlotCache(Cache):

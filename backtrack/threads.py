@@ -1,16 +1,20 @@
-"""How many threads the model may use, and how they wait: no fight over shared cores.
+"""How many threads the model may use, and how long they spin: no fight over shared cores.
 
 torch sizes its OpenMP pool from the host's core count, and OpenMP threads spin while they
 wait for work. A process confined to fewer CPUs (a container's CPU quota, `taskset`) or sharing
-its cores with another busy process then spends its time spinning for a core it does not have:
-measured here, a 2-thread decode step beside one busy process took 4-20x its quiet time.
+its cores with another busy process then spends its time spinning for a core it does not have.
+Sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) avoids that but pays a wake-up on every parallel
+region: measured here (`make bench-step`) it halved a quiet stream's tokens/s. So:
 
-So the pool is sized from the CPUs this process may use (its affinity mask and the cgroup CPU
-quota, as a container sees them), and waiting threads sleep instead of spinning
-(`OMP_WAIT_POLICY=PASSIVE`, which costs nothing measurable on quiet cores: `make bench-step`).
-The wait policy is read once, when torch loads its OpenMP runtime, so `prefer_sleeping_waits`
-must run before torch is imported; the packages that run models call it in their `__init__`.
-This module imports nothing heavy for that reason.
+* the pool is sized from the CPUs this process may use (its affinity mask and the cgroup CPU
+  quota, as a container sees them);
+* waiting threads spin a short while, then sleep (`GOMP_SPINCOUNT`, libgomp's knob: the
+  spin a quiet step needs between two parallel regions, not the 300,000 default), unless the
+  environment already chose (`OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` set).
+
+The spin count is read once, when torch loads its OpenMP runtime, so `bound_spin_waits` must run
+before torch is imported; the packages that run models call it in their `__init__`. This module
+imports nothing heavy for that reason.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import os
 from pathlib import Path
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
+SPIN_COUNT = "GOMP_SPINCOUNT"
+SHORT_SPIN = "10000"
+"""Spins before an idle OpenMP thread sleeps (`make bench-step` compares the choices)."""
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def prefer_sleeping_waits() -> None:
-    """Idle OpenMP threads sleep (unless the environment already chose a policy)."""
-    os.environ.setdefault(WAIT_POLICY, "PASSIVE")
+def bound_spin_waits() -> None:
+    """Idle OpenMP threads spin briefly, then sleep (unless the environment already chose)."""
+    if WAIT_POLICY not in os.environ and SPIN_COUNT not in os.environ:
+        os.environ[SPIN_COUNT] = SHORT_SPIN
 
 
 def _cgroup_v2_quota(root: Path) -> float | None:

@@ -12,7 +12,8 @@ In one run, on the same cores:
   (weights bytes / GB/s), bf16 against fp32 at one stream, the 16-row step's FLOP/s against the
   matmul's;
 * shared cores: one stream's tokens/s and the default config's training steps/s, quiet and
-  with one busy single-threaded process beside, under each OpenMP wait policy.
+  with one busy single-threaded process beside, for each way idle OpenMP threads may wait
+  (sleep at once, spin N times then sleep, spin forever) and the product's own choice.
 
 Every measurement runs in a fresh process (`python -m benchmarks.bench_step --worker SPEC`):
 the OpenMP wait policy is fixed when torch loads, and a measurement must not inherit another's
@@ -193,9 +194,26 @@ def busy_neighbour(active: bool):
         process.wait()
 
 
-def measure(spec: dict, wait_policy: str = "PASSIVE", loaded: bool = False) -> dict:
-    env = {**os.environ, "OMP_WAIT_POLICY": wait_policy, "PYTHONWARNINGS": "ignore"}
-    env.pop("OMP_NUM_THREADS", None)
+WAITS: dict[str, dict[str, str]] = {
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin_1k": {"GOMP_SPINCOUNT": "1000"},
+    "spin_10k": {"GOMP_SPINCOUNT": "10000"},
+    "spin_100k": {"GOMP_SPINCOUNT": "100000"},
+    "libgomp_default": {"GOMP_SPINCOUNT": "300000"},
+    "active": {"OMP_WAIT_POLICY": "ACTIVE"},
+}
+"""How idle OpenMP threads wait: sleep at once, spin N times then sleep, or spin forever."""
+CHOSEN_WAIT = "default"
+"""The product's own choice (`backtrack.threads.bound_spin_waits`): nothing set here."""
+
+
+def measure(spec: dict, waits: dict[str, str] | None = None, loaded: bool = False) -> dict:
+    """Run one worker in a fresh process: `waits` set (else the product's own choice), beside
+    a busy process when `loaded`."""
+    skipped = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+    env = {key: value for key, value in os.environ.items() if key not in skipped}
+    env.update(waits or {})
+    env["PYTHONWARNINGS"] = "ignore"
     with busy_neighbour(loaded):
         result = subprocess.run(
             [sys.executable, "-m", "benchmarks.bench_step", "--worker", json.dumps(spec)],
@@ -208,6 +226,43 @@ def measure(spec: dict, wait_policy: str = "PASSIVE", loaded: bool = False) -> d
     if result.returncode != 0:
         raise RuntimeError(f"worker {spec} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+SHARED_SPECS: dict[str, tuple[dict[str, Any], str]] = {
+    "train": ({"kind": "train"}, "steps_per_s"),
+    "stream": (
+        {
+            "kind": "decode",
+            "model": "llama",
+            "layout": "slots",
+            "dtype": "float32",
+            "compiled": True,
+            "rows": [1],
+        },
+        "1",
+    ),
+}
+
+
+def run_shared(waits: dict[str, dict[str, str]] | None = None) -> dict:
+    """Training steps/s and one stream's tokens/s, quiet and beside a busy process, for each
+    way of waiting; `loaded_vs_best_quiet` divides by the best quiet figure of all of them."""
+    waits = {CHOSEN_WAIT: {}, **WAITS} if waits is None else waits
+    figures: dict = {}
+    for kind, (spec, key) in SHARED_SPECS.items():
+        quiet: dict[str, float] = {}
+        for name, env in waits.items():
+            quiet[name] = measure(spec, env)[key]
+            loaded = measure(spec, env, loaded=True)[key]
+            figures[f"shared_{kind}_{name}_quiet"] = round(quiet[name], 2)
+            figures[f"shared_{kind}_{name}_loaded"] = round(loaded, 2)
+            figures[f"shared_{kind}_{name}_loaded_vs_quiet"] = round(loaded / quiet[name], 2)
+        best = max(quiet.values())
+        for name in waits:
+            loaded = figures[f"shared_{kind}_{name}_loaded"]
+            figures[f"shared_{kind}_{name}_loaded_vs_best_quiet"] = round(loaded / best, 2)
+            figures[f"shared_{kind}_{name}_quiet_vs_best_quiet"] = round(quiet[name] / best, 2)
+    return figures
 
 
 def _models() -> list[str]:
@@ -275,35 +330,19 @@ def run() -> dict:
         figures[f"{model}_16_rows_gflops_vs_matmul"] = round(
             flops / 1e9 / bounds["matmul_float32_gflops"], 2
         )
-    for policy in ("PASSIVE", "ACTIVE"):
-        specs: list[tuple[str, dict[str, Any]]] = [
-            ("train", {"kind": "train"}),
-            (
-                "stream",
-                {
-                    "kind": "decode",
-                    "model": "llama",
-                    "layout": "slots",
-                    "dtype": "float32",
-                    "compiled": False,
-                    "rows": [1],
-                },
-            ),
-        ]
-        for kind, spec in specs:
-            key = "steps_per_s" if kind == "train" else "1"
-            quiet = measure(spec, policy)[key]
-            loaded = measure(spec, policy, loaded=True)[key]
-            figures[f"shared_{kind}_{policy.lower()}_quiet"] = round(quiet, 2)
-            figures[f"shared_{kind}_{policy.lower()}_loaded"] = round(loaded, 2)
-            figures[f"shared_{kind}_{policy.lower()}_loaded_vs_quiet"] = round(loaded / quiet, 2)
+    figures.update(run_shared())
     return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", help="run one measurement (JSON spec) and print its figures")
+    parser.add_argument("--shared", action="store_true", help="only the shared-cores figures")
     args = parser.parse_args()
+    if args.shared:
+        for key, value in run_shared().items():
+            print(f"{key}: {value}", flush=True)
+        return
     if args.worker:
         spec = json.loads(args.worker)
         print(json.dumps(WORKERS[spec["kind"]](spec)))

@@ -2,9 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from backtrack.threads import prefer_sleeping_waits
+from backtrack.threads import bound_spin_waits
 
-prefer_sleeping_waits()  # before torch loads OpenMP: idle threads sleep on shared cores
+bound_spin_waits()  # before torch loads OpenMP: idle threads do not spin for long
 
 try:
     __version__ = version("backtrack-serving")

@@ -13,6 +13,6 @@ train.py       the entry point (`make train`)
 evaluate.py    held-out figures with the server's decoder (`make eval`)
 """
 
-from backtrack.threads import prefer_sleeping_waits
+from backtrack.threads import bound_spin_waits
 
-prefer_sleeping_waits()  # before torch loads OpenMP: idle threads sleep on shared cores
+bound_spin_waits()  # before torch loads OpenMP: idle threads do not spin for long

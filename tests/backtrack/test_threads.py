@@ -60,11 +60,22 @@ def test_omp_num_threads_wins_over_the_cpu_count_and_a_setting_over_both(monkeyp
         torch.set_num_threads(before)
 
 
-def test_importing_the_packages_makes_idle_threads_sleep_unless_told_otherwise():
-    code = "import os, server, training; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.stdout.strip() == "PASSIVE", result.stderr
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert result.stdout.strip() == "ACTIVE", result.stderr
+def waits_after_import(**env: str) -> tuple[str, str]:
+    """(OMP_WAIT_POLICY, GOMP_SPINCOUNT) as a fresh interpreter sees them after importing."""
+    code = (
+        "import os, server, training\n"
+        "print(os.environ.get('OMP_WAIT_POLICY', '-'), os.environ.get('GOMP_SPINCOUNT', '-'))"
+    )
+    skipped = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    base = {key: value for key, value in os.environ.items() if key not in skipped}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True
+    )
+    policy, spins = result.stdout.split()
+    return policy, spins
+
+
+def test_importing_the_packages_bounds_the_spin_unless_the_environment_chose():
+    assert waits_after_import() == ("-", threads.SHORT_SPIN)
+    assert waits_after_import(OMP_WAIT_POLICY="ACTIVE") == ("ACTIVE", "-")
+    assert waits_after_import(GOMP_SPINCOUNT="5") == ("-", "5")
