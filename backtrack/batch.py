@@ -266,14 +266,13 @@ def decode_all(
     requests: Iterable[tuple[list[int], GenerationParams]],
     max_rows: int = 64,
     forced: Iterable[list[int]] | None = None,
-    kv_layout: str = "auto",
 ) -> Iterator[tuple[int, list[Event]]]:
     """Decode many requests, at most `max_rows` at once, refilling as rows finish.
 
     Yields (request index, that request's events) as each request finishes; `forced[i]` are
     decisions request i takes before the model's own (evaluation injects errors this way).
     """
-    decoder = BatchDecoder(model, tokenizer, backtrack_id, kv_layout=kv_layout)
+    decoder = BatchDecoder(model, tokenizer, backtrack_id)
     pending = iter(enumerate(requests))
     forced_lists = iter(forced) if forced is not None else None
     index_of: dict[Row, int] = {}

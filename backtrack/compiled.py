@@ -6,8 +6,8 @@ bound and a prefill runs once per request):
 * on CPU, inductor's C++ backend with frozen weights (constant-folded, prepacked for oneDNN),
   with the batch and the key window dynamic: one graph serves every batch size and context
   (a batch of one is its own graph, as dynamo specialises sizes of 1), so start-up compiles two;
-* on CUDA, CUDA graphs (`mode="reduce-overhead"`), which need fixed shapes: the batch is padded
-  to a power of two and each bucket is its own graph, the key window staying dynamic.
+* on CUDA, CUDA graphs (inductor's `triton.cudagraphs`), which need fixed shapes: the batch is
+  padded to a power of two and each bucket is its own graph, the key window staying dynamic.
 
 The KV buffers are dynamic too, so a buffer that grows (more rows, longer contexts) reuses the
 graphs. `CompiledStep.compiles` counts the graphs compiled (each is logged); `warm_up` compiles
@@ -17,26 +17,14 @@ them before the server reports healthy, so serving never waits for a compile.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import cast
 
 import torch
 
-from backtrack.slots import MIN_WIDTH, SlotKV, bucket, position_mask
+from backtrack.slots import MIN_WIDTH, SlotCache, SlotKV, bucket, position_mask
 
 log = logging.getLogger(__name__)
-
-CACHE_DIR_ENV = "TORCHINDUCTOR_CACHE_DIR"
-
-
-def use_compile_cache(directory: Path) -> None:
-    """Keep inductor's compiled kernels in `directory`, so a restart reuses them (the FX graph
-    cache and the C++ build cache both live there). Call before the first compile."""
-    directory.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault(CACHE_DIR_ENV, str(directory))
-    torch._inductor.config.fx_graph_cache = True
 
 
 class CompiledStep:
@@ -49,6 +37,8 @@ class CompiledStep:
         """(rows, key width) shapes the step has run with."""
         self.compiles = 0
         """Graphs compiled so far."""
+        self._marked: SlotCache | None = None
+        """The buffers last marked dynamic (they change only when the layout grows them)."""
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         self._compiled = torch.compile(kv._eager_step, backend=self._backend, dynamic=False)
         kv.bucket_rows = self.cuda
@@ -67,9 +57,11 @@ class CompiledStep:
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         self.shapes.add((int(input_ids.shape[0]), int(mask.shape[-1])))
-        for buffer in (*self.kv.cache.key_buffers, *self.kv.cache.value_buffers):
-            torch._dynamo.mark_dynamic(buffer, 0)
-            torch._dynamo.mark_dynamic(buffer, 2)
+        if self._marked is not self.kv.cache:
+            for buffer in (*self.kv.cache.key_buffers, *self.kv.cache.value_buffers):
+                torch._dynamo.mark_dynamic(buffer, 0)
+                torch._dynamo.mark_dynamic(buffer, 2)
+            self._marked = self.kv.cache
         torch._dynamo.mark_dynamic(mask, 3)
         if not self.cuda and input_ids.shape[0] > 1:
             for tensor in (input_ids, position_ids, mask):

@@ -29,6 +29,12 @@ from transformers.cache_utils import DynamicLayer
 Key = Hashable
 
 
+def text_config(model: PreTrainedModel):
+    """The config of the language model itself (multimodal configs nest it)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 class UnsupportedModel(ValueError):
     """The model's cache cannot be rewound row by row (sliding window, recurrent state)."""
 
@@ -40,9 +46,7 @@ def check_supported(model: PreTrainedModel) -> None:
     keys already thrown away, and the padded layout's physical slots would not match the window
     rule. Recurrent or hybrid caches (Mamba, ...) have no per-token state to drop.
     """
-    config = (
-        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    )
+    config = text_config(model)
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None) or []
     if window or any("sliding" in str(kind) for kind in layer_types):
@@ -149,8 +153,6 @@ def _pad_mask(valid: torch.Tensor, slots: int) -> torch.Tensor:
 
 class PaddedKV:
     """Every running row's KV in one left-padded cache, with a slot mask."""
-
-    name = "padded"
 
     def __init__(self, model: PreTrainedModel, compact_slack: int = 32) -> None:
         check_supported(model)

@@ -10,8 +10,8 @@ positions <= p" (and, for a sliding-window model, "> p - window"). So:
 * a row joins by being prefilled into the first free slot; rows stay packed in slots
   0..rows-1, so a decode forward reads a plain view of the buffer;
 * a row leaves by having the last row's KV moved into its slot (one row's copy, not the batch's);
-* shapes are fixed between joins, so the decode step compiles (`backtrack.compiled`) over a few
-  batch-size and width buckets.
+* the decode step is one function of (tokens, positions, mask) over plain buffers, so it
+  compiles (`backtrack.compiled`) into a few graphs.
 
 The decoder talks to this class through `prefill`, `prefill_together`, `forward`, `drop_last`
 and `remove_many`, exactly as to the padded layout (`backtrack.kv.PaddedKV`), which stays the
@@ -26,17 +26,12 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
-from backtrack.kv import UnsupportedModel, new_cache
+from backtrack.kv import UnsupportedModel, new_cache, text_config
 
 Key = Hashable
 
 MIN_WIDTH = 64
 """The narrowest key window a forward reads; windows grow by doubling (bounded recompiles)."""
-
-
-def text_config(model: PreTrainedModel):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def attention_window(model: PreTrainedModel) -> int | None:
@@ -154,8 +149,6 @@ DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 class SlotKV:
     """Every running row's KV at its own positions in preallocated per-layer buffers."""
 
-    name = "slots"
-
     def __init__(
         self,
         model: PreTrainedModel,
@@ -221,7 +214,7 @@ class SlotKV:
 
     def _reserve(self, rows: int, positions: int) -> None:
         """Grow the buffers (doubling) so `rows` slots of `positions` positions fit."""
-        rows = max(rows, self.bucket_size(rows))
+        rows = self.bucket_size(rows)
         if rows <= self.capacity_rows and positions <= self.slots:
             return
         new_rows = bucket(rows, self.capacity_rows)
@@ -250,17 +243,17 @@ class SlotKV:
         first: int,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        width: int,
+        mask: torch.Tensor,
         logits_to_keep: int | torch.Tensor = 1,
     ) -> torch.Tensor:
-        """An eager forward over slots first..first+rows writing at `positions`."""
+        """A forward over slots first..first+rows, writing at `positions`, reading `mask`."""
         self.cache.first = first
         self.cache.write_positions = positions
-        self.cache.mask = position_mask(positions, width, self.window)
+        self.cache.mask = mask
         output = self.model(
             input_ids=input_ids,
             position_ids=positions,
-            attention_mask=self.cache.mask,
+            attention_mask=mask,
             cache=self.cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
@@ -313,7 +306,8 @@ class SlotKV:
         positions = torch.arange(width, device=self.device).expand(len(prompts), -1)
         last = torch.tensor([len(prompt) - 1 for prompt in prompts], device=self.device)
         kept, where = torch.unique(last, return_inverse=True)
-        logits = self._run(first, input_ids, positions, width, logits_to_keep=kept)
+        mask = position_mask(positions, width, self.window)
+        logits = self._run(first, input_ids, positions, mask, logits_to_keep=kept)
         self.keys.extend(keys)
         self.lengths.extend(len(prompt) for prompt in prompts)
         return logits[torch.arange(len(prompts), device=self.device), where].float()
@@ -381,14 +375,4 @@ class SlotKV:
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """The decode forward over slots 0..rows: what `backtrack.compiled` compiles."""
-        self.cache.first = 0
-        self.cache.write_positions = position_ids
-        self.cache.mask = mask
-        output = self.model(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=mask,
-            cache=self.cache,
-            use_cache=True,
-        )
-        return output.logits[:, -1].float()
+        return self._run(0, input_ids, position_ids, mask)[:, -1].float()

@@ -60,6 +60,13 @@ def logprobs(events: list[Event]) -> list[float]:
     return [event.logprob for event in events if isinstance(event, TokenEvent)]
 
 
+def assert_same_decoding(expected: list[Outcome], actual: list[Outcome]) -> None:
+    """The same events token for token, and log-probabilities within float noise."""
+    for one, other in zip(expected, actual, strict=True):
+        assert comparable(other.events) == comparable(one.events)
+        assert logprobs(other.events) == pytest.approx(logprobs(one.events), abs=1e-4)
+
+
 def fresh_logits(model, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
@@ -167,9 +174,8 @@ def test_batched_greedy_equals_each_request_alone_and_logits_stay_fresh(
         visible_logits_are_fresh(tiny_model),
         layout=layout,
     )
-    for solo, together in zip(alone, batched, strict=True):
-        assert comparable(together.events) == comparable(solo.events)
-        assert logprobs(together.events) == pytest.approx(logprobs(solo.events), abs=1e-4)
+    assert_same_decoding(alone, batched)
+    for together in batched:
         assert replay(together.events) == together.done.generated_text
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import MistralConfig, MistralForCausalLM
 
-from backtrack.batch import BatchDecoder, choose_layout, make_kv
+from backtrack.batch import BatchDecoder, choose_layout
 from backtrack.compiled import CompiledStep
 from backtrack.events import replay
 from backtrack.kv import UnsupportedModel
@@ -19,9 +19,8 @@ from backtrack.tiny import build_tiny_llama, tiny_llama_config
 from tests.backtrack.test_batch import (
     FIXTURES,
     PLAN,
-    comparable,
+    assert_same_decoding,
     fresh_logits,
-    logprobs,
     run,
     visible_logits_are_fresh,
 )
@@ -106,11 +105,6 @@ def test_sliding_window_models_rewind_on_slots_as_a_fresh_forward_sees_them(
         assert replay(outcome.events) == outcome.done.generated_text
 
 
-def test_the_padded_layout_still_refuses_a_sliding_window(char_tokenizer):
-    with pytest.raises(UnsupportedModel, match="sliding-window"):
-        make_kv(sliding_model(char_tokenizer), "padded")
-
-
 def test_a_model_mixing_full_and_sliding_layers_is_refused_by_slots(char_tokenizer):
     model = sliding_model(char_tokenizer)
     model.config.layer_types = ["full_attention", "sliding_attention"]
@@ -158,9 +152,7 @@ def test_the_compiled_step_decodes_exactly_as_the_eager_one(
         layout="slots",
         compiled=True,
     )
-    for one, other in zip(eager, compiled, strict=True):
-        assert comparable(other.events) == comparable(one.events)
-        assert logprobs(other.events) == pytest.approx(logprobs(one.events), abs=1e-4)
+    assert_same_decoding(eager, compiled)
 
 
 def test_warm_up_compiles_every_graph_serving_needs_and_growth_compiles_none(
