@@ -16,6 +16,7 @@ running streams. This is the only decode loop in the project: the server, evalua
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from backtrack.params import GenerationParams
 from backtrack.row import Row, RowSetup, eos_token_ids
 from backtrack.sampling import decide
 from backtrack.slots import SlotKV, slots_supported
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,10 +121,22 @@ class BatchDecoder:
         self.rows: list[Row] = []
         """Unfinished rows in arrival order: prefilling, or decoding."""
 
-    def warm_up(self, max_rows: int) -> None:
-        """Compile every graph a batch of up to `max_rows` rows needs (nothing when eager)."""
-        if self.compiled is not None:
+    def warm_up(self, max_rows: int) -> bool:
+        """Compile every graph a batch of up to `max_rows` rows needs; True if the step is
+        compiled. A compile that fails (no C++ compiler on a CPU host, an unsupported model)
+        leaves the step eager, with a warning that says why: decoding is the same, only slower."""
+        if self.compiled is None:
+            return False
+        try:
             self.compiled.warm_up(max_rows)
+        except Exception as error:
+            log.warning(
+                "the decode step stays eager: compiling it failed (%s)", error, exc_info=True
+            )
+            self.compiled.uninstall()
+            self.compiled = None
+            return False
+        return True
 
     # -- rows joining and leaving -------------------------------------------------------------
 

@@ -44,6 +44,11 @@ class CompiledStep:
         kv.bucket_rows = self.cuda
         kv.decode_step = self
 
+    def uninstall(self) -> None:
+        """Give the layout back its eager step (a compile that failed)."""
+        self.kv.decode_step = self.kv._eager_step
+        self.kv.bucket_rows = False
+
     def _backend(self, graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
         """Inductor, counting: frozen weights on CPU, CUDA graphs on a GPU."""
         from torch._inductor.compile_fx import compile_fx

@@ -103,12 +103,7 @@ async def _load(app: FastAPI) -> None:
         max_batch_prefill_tokens=settings.max_batch_prefill_tokens,
         stall_timeout=settings.health_stall_timeout,
     )
-    try:
-        await asyncio.to_thread(engine.warm_up)
-    except Exception as error:
-        log.exception("compiling the decode step failed")
-        app.state.on_fatal(f"cannot compile the decode step (set compile=false): {error}")
-        return
+    served.compile_step = await asyncio.to_thread(engine.warm_up)  # /info says what runs
     engine.start()
     limits = Limits.from_settings(settings)
     app.state.engine = engine

@@ -85,9 +85,9 @@ class Engine:
 
     # -- the interface the API uses ------------------------------------------------------------
 
-    def warm_up(self) -> None:
-        """Compile the decode step before the first request (the server is healthy after)."""
-        self.decoder.warm_up(self.max_running)
+    def warm_up(self) -> bool:
+        """Compile the decode step before the first request; True if it is compiled."""
+        return self.decoder.warm_up(self.max_running)
 
     def start(self) -> None:
         self._thread.start()

@@ -49,3 +49,14 @@ def test_a_compiled_server_answers_as_an_eager_padded_one_and_says_so(tiny_check
         info = httpx.get(f"{eager.url}/info").json()
         assert (info["kv_layout"], info["compiled_step"]) == ("padded", False)
         assert answers(eager.url) == fast
+
+
+def test_without_a_compiler_the_server_decodes_eagerly_and_says_so(tiny_checkpoint_dir):
+    env = {"CXX": "/nonexistent/g++"}  # inductor's C++ compiler on CPU
+    with running_server(
+        tiny_checkpoint_dir, startup_timeout=240, env=env, compile="true", log_level="info"
+    ) as server:
+        info = httpx.get(f"{server.url}/info").json()
+        assert (info["kv_layout"], info["compiled_step"]) == ("slots", False)
+        assert "the decode step stays eager" in server.logs()
+        assert answers(server.url)[0]
