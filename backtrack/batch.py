@@ -130,9 +130,7 @@ class BatchDecoder:
         try:
             self.compiled.warm_up(max_rows)
         except Exception as error:
-            log.warning(
-                "the decode step stays eager: compiling it failed (%s)", error, exc_info=True
-            )
+            log.warning("the decode step stays eager: compiling it failed (%s)", error)
             self.compiled.uninstall()
             self.compiled = None
             return False
