@@ -102,6 +102,8 @@ async def _load(app: FastAPI) -> None:
         max_batch_total_tokens=settings.max_batch_total_tokens,
         max_batch_prefill_tokens=settings.max_batch_prefill_tokens,
         stall_timeout=settings.health_stall_timeout,
+        max_faults_in_a_row=settings.max_consecutive_faults,
+        on_fatal=app.state.on_fatal,
     )
     served.compile_step = await asyncio.to_thread(engine.warm_up)  # /info says what runs
     engine.start()

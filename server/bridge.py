@@ -115,3 +115,13 @@ def publish_all(batch: list[tuple[Stream, list[Event]]]) -> None:
 def _deliver_all(items: list[tuple[Stream, list[Event]]]) -> None:
     for stream, events in items:
         stream._deliver(events)
+
+
+def settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
+    """Hand a worker-thread call's outcome to its awaiting route (run on the event loop)."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

@@ -27,24 +27,15 @@ from typing import TypeVar
 from backtrack.events import DoneEvent, Event
 from backtrack.params import InvalidParameter
 from backtrack.row import Row
-from server.bridge import EngineDown, QueueFull, ShuttingDown, Stream, publish_all
+from server.bridge import EngineDown, QueueFull, ShuttingDown, Stream, publish_all, settle
 from server.jobs import GenerationRequest, Job, nothing_kept
 from server.loading import ServedModel
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_FAULTS_IN_A_ROW = 3
-"""Failed worker turns in a row after which the engine stops taking requests (/health 503)."""
-
-
-def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
+DEVICE_POISONED = ("CUDA error", "device-side assert", "illegal memory access")
+"""Messages of a device error after which every later kernel fails: the process must restart."""
 
 
 class Engine:
@@ -59,6 +50,8 @@ class Engine:
         max_batch_total_tokens: int = 1 << 20,
         max_batch_prefill_tokens: int = 512,
         stall_timeout: float = 60.0,
+        max_faults_in_a_row: int = 3,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.served = served
         self.stall_timeout = stall_timeout
@@ -75,8 +68,9 @@ class Engine:
         self._stop = False
         self._shutdown_deadline: float | None = None
         self._busy_since: float | None = None
+        self.max_faults_in_a_row, self.on_fatal = max_faults_in_a_row, on_fatal
         self._faults_in_a_row = 0
-        self._broken = False
+        self._broken: str | None = None
         self._calls: deque[
             tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]
         ] = deque()
@@ -149,7 +143,7 @@ class Engine:
             except Exception as failure:
                 result, error = None, failure
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, result, error)
+                loop.call_soon_threadsafe(settle, future, result, error)
 
     def begin_shutdown(self, grace: float) -> None:
         """Refuse new requests; requests still running after `grace` seconds end (`shutdown`).
@@ -166,7 +160,7 @@ class Engine:
         if not self._thread.is_alive():
             return "the engine worker stopped"
         if self._broken:
-            return f"the engine worker failed {MAX_FAULTS_IN_A_ROW} turns in a row"
+            return self._broken
         busy_since = self._busy_since
         if busy_since is not None and time.monotonic() - busy_since > self.stall_timeout:
             return f"the engine worker is stuck in one step for over {self.stall_timeout:g} s"
@@ -209,9 +203,9 @@ class Engine:
                 try:
                     self._turn()
                     self._faults_in_a_row = 0
-                except Exception:
+                except Exception as error:
                     log.exception("engine turn failed; ending the running requests")
-                    self._after_fault()
+                    self._after_fault(error)
                 self._busy_since = None
         finally:
             self._busy_since = None
@@ -254,15 +248,23 @@ class Engine:
             self._fail(job)
             return None
 
-    def _after_fault(self) -> None:
+    def _after_fault(self, error: Exception) -> None:
         """End the running requests; a fault that repeats (turn after turn, nothing served)
         also ends the waiting ones and marks the engine broken, so /health asks for a restart
-        instead of the worker spinning on it."""
+        instead of the worker spinning on it. A device error that poisons the context breaks
+        it at once: no later kernel can succeed."""
         self._faults_in_a_row += 1
         self._fail_running()
-        if self._faults_in_a_row >= MAX_FAULTS_IN_A_ROW:
-            self._broken = True
+        poisoned = any(sign in str(error) for sign in DEVICE_POISONED)
+        if poisoned:
+            self._broken = f"the device failed and cannot recover: {error}"
+        elif self._faults_in_a_row >= self.max_faults_in_a_row:
+            self._broken = f"the engine worker failed {self._faults_in_a_row} turns in a row"
+        if self._broken:
+            log.critical("engine broken (%s); /health answers 503 until a restart", self._broken)
             self._fail_everything()
+        if poisoned and self.on_fatal is not None:
+            self.on_fatal(self._broken or "")  # the process ends, so its orchestrator restarts it
 
     def _fail_running(self) -> None:
         for job in list(self._running):
@@ -336,13 +338,9 @@ class Engine:
         self.metrics.prompt_tokens.inc(len(request.prompt_ids))
 
     def _step(self) -> None:
-        """One batched step; a failing step ends every row it touched with `error`."""
-        try:
-            report = self.decoder.step()
-        except Exception:
-            log.exception("decoding step failed")
-            self._fail_running()
-            return
+        """One batched step. A failing step raises into `_work`, which ends every running row
+        with `error` and counts the fault, so steps that keep failing break the engine."""
+        report = self.decoder.step()
         with contextlib.suppress(Exception):  # metrics never end a request
             self.metrics.record_step(report, self.max_batch_total_tokens)
         outgoing = []

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds one worker turn may take before /health answers 503 (wedged worker)",
     )
+    max_consecutive_faults: int = Field(
+        3,
+        ge=1,
+        description="failed engine turns (steps) in a row after which /health answers 503",
+    )
     request_timeout: float = Field(
         300.0, gt=0, description="seconds before a request ends with finish_reason timeout"
     )

@@ -55,6 +55,7 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
         "max_batch_prefill_tokens": settings.max_batch_prefill_tokens,
         "request_timeout": settings.request_timeout,
         "health_stall_timeout": settings.health_stall_timeout,
+        "max_consecutive_faults": settings.max_consecutive_faults,
         "modes": list(MODES),
         "backtrack_policies": list(POLICIES),
         "parameters": parameters(limits),

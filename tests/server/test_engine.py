@@ -36,7 +36,7 @@ def served(scripted_checkpoint_dir) -> ServedModel:
 def make_engine(served) -> Iterator:
     engines: list[Engine] = []
 
-    def make(max_running: int = 4, max_waiting: int = 4, **options: float) -> Engine:
+    def make(max_running: int = 4, max_waiting: int = 4, **options) -> Engine:
         engine = Engine(
             served, Metrics(), max_running=max_running, max_waiting=max_waiting, **options
         )
@@ -226,6 +226,66 @@ async def test_a_dead_worker_ends_every_request_and_turns_health_to_503(
         refused = await client.post("/generate", json={"inputs": PROMPT})
         assert refused.status_code == 503
         assert refused.json()["error_type"] == "unavailable"
+
+
+@pytest.mark.anyio
+async def test_steps_that_keep_failing_break_the_engine_and_turn_health_to_503(
+    make_engine, served, monkeypatch
+):
+    """Each failed step ends its requests with `error`; `max_faults_in_a_row` of them in a row
+    mark the engine broken, so the orchestrator stops routing to it and restarts it."""
+    engine = make_engine(max_faults_in_a_row=3)
+
+    def failing_step():
+        raise RuntimeError("the forward failed")
+
+    monkeypatch.setattr(engine.decoder, "step", failing_step)
+    for attempt in range(3):
+        assert engine.problem() is None, f"broken after only {attempt} failed steps"
+        ended = await asyncio.wait_for(collect(engine.submit(loop_request(served, 10))), 10)
+        assert ended[-1].finish_reason == "error"
+    wait_until(lambda: engine.problem() is not None)
+    assert engine.problem() == "the engine worker failed 3 turns in a row"
+    with pytest.raises(EngineDown):
+        engine.submit(loop_request(served, 10))
+    async with app_client(served, engine) as client:
+        assert (await client.get("/health")).status_code == 503
+
+
+@pytest.mark.anyio
+async def test_a_good_step_resets_the_count_of_failed_steps(make_engine, served, monkeypatch):
+    engine = make_engine(max_faults_in_a_row=2)
+    step, failures = engine.decoder.step, iter([True, False, True, False, True])
+
+    def sometimes_failing():
+        if next(failures, False):
+            raise RuntimeError("the forward failed")
+        return step()
+
+    monkeypatch.setattr(engine.decoder, "step", sometimes_failing)
+    for _ in range(3):
+        await asyncio.wait_for(collect(engine.submit(loop_request(served, 1))), 10)
+    assert engine.problem() is None
+
+
+@pytest.mark.anyio
+async def test_a_poisoned_device_breaks_the_engine_at_once_and_ends_the_process(
+    make_engine, served, monkeypatch
+):
+    """A CUDA error poisons the context: no later kernel can work, so the first one breaks the
+    engine and asks the process to end (the CLI exits 1 and the orchestrator restarts it)."""
+    fatal: list[str] = []
+    engine = make_engine(max_faults_in_a_row=3, on_fatal=fatal.append)
+
+    def poisoned_step():
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(engine.decoder, "step", poisoned_step)
+    ended = await asyncio.wait_for(collect(engine.submit(loop_request(served, 10))), 10)
+    assert ended[-1].finish_reason == "error"
+    wait_until(lambda: bool(fatal))
+    assert "device-side assert" in fatal[0]
+    assert "cannot recover" in (engine.problem() or "")
 
 
 @pytest.mark.anyio
