@@ -43,6 +43,14 @@ class ServedModel:
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids below this are safe to feed: the smaller of the tokenizer's size and the
+        embedding's rows (a tokenizer that gained tokens after the model was saved has ids the
+        model cannot embed; on CUDA such an id is a device-side assert)."""
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        return min(len(self.tokenizer), int(rows))
+
     def new_decoder(self, prefill_chunk_tokens: int) -> BatchDecoder:
         """The batch decoder for this model, on its KV layout and (maybe) compiled step."""
         return BatchDecoder(

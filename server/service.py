@@ -75,7 +75,7 @@ class GenerationService:
         self.request_timeout = request_timeout
         self.limits = replace(
             limits,
-            vocab_size=len(served.tokenizer),
+            vocab_size=served.vocab_size,
             model_id=served.model_id,
             max_prompt_tokens=self.input_token_limit,
         )
@@ -93,11 +93,14 @@ class GenerationService:
         return await self.engine.call(partial(score_tokens, self.served, ids, start, top_n))
 
     def check_token_ids(self, ids: list[int], field: str) -> list[int]:
-        """A token-id prompt, used as given (nothing added): 422 for an id outside the vocabulary."""
-        size = len(self.served.tokenizer)
+        """A token-id prompt, used as given (nothing added): 422 for an id the model cannot
+        embed, before it reaches the batch (where it would fail every row's step)."""
+        size = self.served.vocab_size
         for token in ids:
-            if token >= size:
-                raise InvalidParameter(field, f"holds token id {token}; the vocabulary has {size}")
+            if not 0 <= token < size:
+                raise InvalidParameter(
+                    field, f"holds token id {token}; valid ids are 0 to {size - 1}"
+                )
         return self._within_limits(ids, field)
 
     def decode(self, ids: list[int]) -> str:

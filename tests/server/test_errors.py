@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
 
+from clients.sse import iter_events
+from server.process import ServerHandle, running_server
 from tests.server.conftest import API_KEY, PAGE_ORIGIN, PROMPT
 
 
@@ -187,3 +191,37 @@ def test_hot_sampling_without_top_p_or_min_p_wanders(client):
 @pytest.mark.parametrize("parameters", [{"top_p": 0.01}, {"min_p": 0.99}])
 def test_top_p_and_min_p_keep_only_the_likeliest_token(client, parameters):
     assert sampled_texts(client, **parameters) == {"2 ok"}
+
+
+@pytest.fixture(scope="module")
+def grown_tokenizer_server(
+    scripted_checkpoint_dir, tmp_path_factory
+) -> Iterator[tuple[ServerHandle, int]]:
+    """The scripted checkpoint whose tokenizer gained two tokens after the model was saved,
+    with the model's embedding rows (the first id it cannot embed)."""
+    directory = tmp_path_factory.mktemp("grown-tokenizer")
+    shutil.copytree(scripted_checkpoint_dir, directory, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    embedding_rows = len(tokenizer)
+    tokenizer.add_tokens(["<new-a>", "<new-b>"])
+    tokenizer.save_pretrained(directory)
+    with running_server(directory, max_new_tokens=4000) as handle:
+        yield handle, embedding_rows
+
+
+def test_an_id_the_embedding_cannot_hold_is_a_422_and_the_batch_goes_on(grown_tokenizer_server):
+    """An id below the tokenizer's size but past the embedding's rows is refused by name before
+    it reaches the batch: a running stream beside it ends normally and /health stays 200."""
+    handle, embedding_rows = grown_tokenizer_server
+    url = handle.url
+    looping = {"inputs": "zz", "parameters": {"max_new_tokens": 40}, "stream": True}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        with client.stream("POST", "/generate", json=looping) as stream:
+            events = iter_events(stream.iter_bytes())
+            assert next(events).event == "token"
+            for bad in (embedding_rows, embedding_rows + 1, -1):
+                refused = client.post("/v1/completions", json={"prompt": [bad], "max_tokens": 2})
+                assert refused.status_code == 422, bad
+                assert refused.json()["error"]["param"] == "prompt"
+            assert [event.event for event in events][-1] == "done"
+        assert client.get("/health").status_code == 200
