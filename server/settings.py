@@ -13,7 +13,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backtrack.device import resolve_device
@@ -118,7 +118,14 @@ class Settings(BaseSettings):
         "so proxies' and clients' read timeouts need not exceed it",
     )
     api_key: SecretStr | None = Field(
-        None, description="if set, generation needs 'Authorization: Bearer <key>'"
+        None,
+        description="if set, generation needs 'Authorization: Bearer <key>' "
+        "(surrounding whitespace is stripped)",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="file holding the API key (a mounted Secret), instead of api_key; "
+        "surrounding whitespace is stripped",
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (JSON list)"
@@ -136,10 +143,29 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
-        # An empty key would compare equal to an empty header: protected in name only.
-        if value is not None and not value.get_secret_value().strip():
+        # An empty key would compare equal to an empty header: protected in name only. A key
+        # made with `echo` ends in a newline no client sends: stripped, or it refuses everyone.
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if not key:
             raise ValueError("must not be empty; unset BACKTRACK_API_KEY to run without a key")
-        return value
+        return SecretStr(key)
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> Settings:
+        if self.api_key_file is None:
+            return self
+        if self.api_key is not None:
+            raise ValueError("api_key_file: set either api_key or api_key_file, not both")
+        try:
+            key = self.api_key_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"api_key_file: cannot read {self.api_key_file}: {error}") from None
+        if not key:
+            raise ValueError(f"api_key_file: {self.api_key_file} is empty")
+        self.api_key = SecretStr(key)
+        return self
 
     @property
     def exposed_without_key(self) -> bool:

@@ -83,3 +83,36 @@ def test_bad_limits_name_the_setting(monkeypatch, name, bad):
     monkeypatch.setenv(f"BACKTRACK_{name.upper()}", bad)
     with pytest.raises(SettingsError, match=name):
         load_settings([])
+
+
+def test_a_key_written_with_echo_loses_its_newline(monkeypatch):
+    """A Secret made from `echo key > file` ends in a newline no client sends."""
+    monkeypatch.setenv("BACKTRACK_API_KEY", "secret\n")
+    settings = load_settings([])
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "secret"
+
+
+def test_the_key_can_come_from_a_file_stripped(tmp_path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text("  from-a-file\n")
+    settings = load_settings(["--api-key-file", str(key_file)])
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == "from-a-file"
+    assert "from-a-file" not in repr(settings)
+
+
+@pytest.mark.parametrize("content", [None, "", "\n"])
+def test_a_missing_or_empty_key_file_stops_start_up_naming_it(tmp_path, content):
+    key_file = tmp_path / "api-key"
+    if content is not None:
+        key_file.write_text(content)
+    with pytest.raises(SettingsError, match="api_key_file"):
+        load_settings(["--api-key-file", str(key_file)])
+
+
+def test_a_key_and_a_key_file_together_are_refused(monkeypatch, tmp_path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text("one")
+    monkeypatch.setenv("BACKTRACK_API_KEY", "two")
+    with pytest.raises(SettingsError, match="api_key_file"):
+        load_settings(["--api-key-file", str(key_file)])
