@@ -51,9 +51,21 @@ async def list_models(service: Service) -> dict[str, Any]:
     return {"object": "list", "data": [model]}
 
 
+def encodable(text: str) -> bool:
+    """False for text holding a lone surrogate, which no UTF-8 body can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_model(body: CompletionRequest | ChatCompletionRequest, service: GenerationService) -> str:
     """The served id; any other `model` is answered 404, as vLLM does."""
     served = service.served.model_id
+    if body.model is not None and not encodable(body.model):
+        # JSON may escape half a UTF-16 pair; such a name cannot even be echoed in the 404
+        raise ApiError(422, "model: not valid Unicode (a lone surrogate)", "validation", "model")
     if body.model is not None and body.model != served:
         raise ApiError(404, f"The model `{body.model}` does not exist.", "NotFoundError", "model")
     return served

@@ -225,3 +225,31 @@ def test_an_id_the_embedding_cannot_hold_is_a_422_and_the_batch_goes_on(grown_to
                 assert refused.json()["error"]["param"] == "prompt"
             assert [event.event for event in events][-1] == "done"
         assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/v1/completions", '{"model": "\\ud800", "prompt": "1+1="}', "model"),
+        (
+            "/v1/chat/completions",
+            '{"model": "\\ud800", "messages": [{"role": "user", "content": "a"}]}',
+            "model",
+        ),
+        ("/v1/completions", '{"prompt": "1+1=\\udfff"}', "prompt"),
+        ("/generate", '{"inputs": "1+1=\\ud800"}', "inputs"),
+        (
+            "/generate",
+            '{"inputs": "1+1=", "parameters": {"stop": ["\\ud800"]}}',
+            "parameters.stop.0",
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_a_422_naming_the_field(client, route, body, field):
+    """JSON may escape half of a UTF-16 pair; no text holding one can be encoded, so it is
+    refused by name instead of failing later (the `model` echoed in a 404 was a 500)."""
+    response = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()
+    named = error["field"] if route == "/generate" else error["error"]["param"]
+    assert named == field
