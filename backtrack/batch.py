@@ -159,6 +159,11 @@ class BatchDecoder:
         """KV entries the rows hold now (what a step reports as `kv_tokens`)."""
         return self.kv.tokens_held()
 
+    @property
+    def kv_slots(self) -> int:
+        """KV slots allocated now (what a step reports as `kv_slots`)."""
+        return self.kv.slots_allocated()
+
     def _leave(self, row: Row) -> None:
         self.kv.remove(row)
         if row in self.rows:
@@ -179,7 +184,7 @@ class BatchDecoder:
         report.decode_seconds = middle - start
         report.prefill_seconds = end - middle
         report.kv_tokens = self.kv_tokens
-        report.kv_slots = self.kv.slots_allocated()
+        report.kv_slots = self.kv_slots
         return report
 
     def forward(self, report: StepReport | None = None) -> None:

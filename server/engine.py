@@ -374,7 +374,8 @@ class Engine:
                 self._by_row.pop(job.row, None)
             self.metrics.running_requests.set(len(self._running))
             self.metrics.kv_cache_reserved_tokens.set(self._reserved)
-        self.metrics.kv_cache_tokens.set(self.decoder.kv_tokens)
+        kv = self.decoder
+        self.metrics.record_kv(kv.kv_tokens, kv.kv_slots, self.max_batch_total_tokens)
 
     def _end_reason(self, job: Job) -> str | None:
         now = time.monotonic()

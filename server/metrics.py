@@ -177,14 +177,19 @@ class Metrics:
         self.generated_tokens.inc(report.sampled_tokens)
         self.backtracks.inc(report.backtracks)
         self.deleted_tokens.inc(report.backtracks)
-        self.kv_cache_tokens.set(report.kv_tokens)
-        self.kv_cache_slots.set(report.kv_slots)
-        self.kv_cache_usage.set(report.kv_tokens / budget)
+        self.record_kv(report.kv_tokens, report.kv_slots, budget)
         if report.decode_rows:
             self.batch_size.observe(report.decode_rows)
             self.decode_step_seconds.observe(report.decode_seconds)
         if report.prefill_tokens:
             self.prefill_step_seconds.observe(report.prefill_seconds)
+
+    def record_kv(self, tokens: int, slots: int, budget: int) -> None:
+        """The KV gauges (what an autoscaler and the endpoint picker read), after every step and
+        every departure, so an idle replica never reports the load of requests gone since."""
+        self.kv_cache_tokens.set(tokens)
+        self.kv_cache_slots.set(slots)
+        self.kv_cache_usage.set(tokens / budget)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type, for GET /metrics."""

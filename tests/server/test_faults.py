@@ -37,10 +37,20 @@ def wait_for(condition, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+IDLE_GAUGES = (
+    "backtrack_running_requests",
+    "backtrack_queue_size",
+    "backtrack_kv_cache_tokens",
+    "backtrack_kv_cache_slots",
+    "backtrack_kv_cache_usage_ratio",
+)
+"""What an autoscaler or the endpoint picker reads: all 0 once every request has left."""
+
+
 def idle(url: str) -> bool:
-    """No request running or waiting, and no KV cache left."""
+    """No request running or waiting, and no KV cache left, by every gauge."""
     samples = scrape(url)
-    names = ("backtrack_running_requests", "backtrack_queue_size", "backtrack_kv_cache_tokens")
+    names = IDLE_GAUGES
     return all(value(samples, name) == 0 for name in names)
 
 
@@ -65,6 +75,7 @@ def test_request_timeout_ends_the_stream_with_a_done_event(limited):
     assert events[-1].event == "done"
     assert events[-1].json()["finish_reason"] == "timeout"
     assert TIMEOUT <= time.monotonic() - started < TIMEOUT + 3
+    wait_for(lambda: idle(limited.url), timeout=1.0)  # the gauges do not keep its load
 
 
 def test_disconnect_cancels_the_generation_and_frees_the_slot(limited):
