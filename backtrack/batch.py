@@ -26,6 +26,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from backtrack.compiled import CompiledStep
+from backtrack.core_share import CoreShare
 from backtrack.events import DoneEvent, Event
 from backtrack.kv import PaddedKV, UnsupportedModel, check_supported
 from backtrack.params import GenerationParams
@@ -103,8 +104,11 @@ class BatchDecoder:
         compact_slack: int = 32,
         kv_layout: str = "auto",
         compile_step: bool = False,
+        core_share: CoreShare | None = None,
     ) -> None:
         self.model = model
+        self.core_share = core_share
+        """Sets the thread count between steps from the cores other processes leave free."""
         self.backtrack_id = backtrack_id
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.setup = RowSetup(
@@ -173,6 +177,8 @@ class BatchDecoder:
 
     def step(self) -> StepReport:
         """Forward, prefill within the budget, decide: one step of every row."""
+        if self.core_share is not None:
+            self.core_share.follow()
         report = StepReport()
         start = time.perf_counter()
         self.forward(report)

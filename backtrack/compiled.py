@@ -55,7 +55,10 @@ class CompiledStep:
 
         self.compiles += 1
         log.info("compiling decode-step graph %d", self.compiles)
-        patches = {"triton.cudagraphs": True} if self.cuda else {"freezing": True}
+        # CPU kernels read the thread count when they run, not when compiled: it may change
+        # between steps (`backtrack.core_share`)
+        cpu = {"freezing": True, "cpp.dynamic_threads": True}
+        patches = {"triton.cudagraphs": True} if self.cuda else cpu
         return cast(Callable, compile_fx(graph, example_inputs, config_patches=patches))
 
     def __call__(

@@ -78,22 +78,36 @@ def _model(name: str, dtype: str) -> tuple[Any, Any, int, list[int]]:
     return model.to(getattr(torch, dtype)), tokenizer, backtrack_id, prompt
 
 
+def _threads(spec: dict) -> Any:
+    """Size torch's pool as the product does; the `CoreShare` that follows free cores (None
+    when the spec says `"follow": false` or fixes `threads`)."""
+    from backtrack.core_share import core_share_for
+    from backtrack.threads import configure_threads
+
+    threads = configure_threads(spec.get("threads"))
+    return core_share_for(spec.get("threads"), threads) if spec.get("follow", True) else None
+
+
 def _decode(spec: dict) -> dict:
     """Tokens/s at each row count, best of two rounds after a warm-up round."""
     import torch
 
     from backtrack.batch import BatchDecoder
     from backtrack.params import GenerationParams
-    from backtrack.threads import configure_threads
 
-    configure_threads(spec.get("threads"))
+    core_share = _threads(spec)
     model, tokenizer, backtrack_id, prompt = _model(spec["model"], spec["dtype"])
     params = GenerationParams(
         max_new_tokens=spec.get("new_tokens", NEW_TOKENS), backtrack_policy="never", ignore_eos=True
     )
     started = time.perf_counter()
     decoder = BatchDecoder(
-        model, tokenizer, backtrack_id, kv_layout=spec["layout"], compile_step=spec["compiled"]
+        model,
+        tokenizer,
+        backtrack_id,
+        kv_layout=spec["layout"],
+        compile_step=spec["compiled"],
+        core_share=core_share,
     )
     decoder.warm_up(max(spec["rows"]))
     compile_seconds = time.perf_counter() - started
@@ -149,10 +163,9 @@ def _train(spec: dict) -> dict:
     """Steps/s of the default config's model and batch (forward, backward, AdamW)."""
     import torch
 
-    from backtrack.threads import configure_threads
     from backtrack.tiny import build_char_tokenizer, build_tiny_llama, tiny_llama_config
 
-    configure_threads(spec.get("threads"))
+    core_share = _threads(spec)
     tokenizer = build_char_tokenizer()
     model = build_tiny_llama(tiny_llama_config(len(tokenizer), hidden_size=128, num_layers=4))
     model.train()
@@ -160,6 +173,8 @@ def _train(spec: dict) -> dict:
     batch = torch.randint(3, len(tokenizer), (64, 24))
 
     def step() -> None:
+        if core_share is not None:  # as training's FollowFreeCores callback does
+            core_share.follow()
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
@@ -204,7 +219,10 @@ WAITS: dict[str, dict[str, str]] = {
 }
 """How idle OpenMP threads wait: sleep at once, spin N times then sleep, or spin forever."""
 CHOSEN_WAIT = "default"
-"""The product's own choice (`backtrack.threads.bound_spin_waits`): nothing set here."""
+"""The product's own choice: its short spin (`backtrack.threads.bound_spin_waits`) and threads
+that follow the free cores (`backtrack.core_share`); nothing set here."""
+FIXED_THREADS = "default_fixed_threads"
+"""The product's spin with the thread count fixed: what following free cores adds."""
 
 
 def measure(spec: dict, waits: dict[str, str] | None = None, loaded: bool = False) -> dict:
@@ -244,14 +262,17 @@ SHARED_SPECS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def run_shared(waits: dict[str, dict[str, str]] | None = None) -> dict:
+def run_shared(names: list[str] | None = None) -> dict:
     """Training steps/s and one stream's tokens/s, quiet and beside a busy process, for each
-    way of waiting; `loaded_vs_best_quiet` divides by the best quiet figure of all of them."""
-    waits = {CHOSEN_WAIT: {}, **WAITS} if waits is None else waits
+    way of waiting (all, or those `names`); `loaded_vs_best_quiet` divides by the best quiet
+    figure of all of them. Only the product's own choice follows free cores."""
+    every = {CHOSEN_WAIT: {}, FIXED_THREADS: {}, **WAITS}
+    waits = {name: every[name] for name in (names or every)}
     figures: dict = {}
-    for kind, (spec, key) in SHARED_SPECS.items():
+    for kind, (base, key) in SHARED_SPECS.items():
         quiet: dict[str, float] = {}
         for name, env in waits.items():
+            spec = {**base, "follow": name == CHOSEN_WAIT}
             quiet[name] = measure(spec, env)[key]
             loaded = measure(spec, env, loaded=True)[key]
             figures[f"shared_{kind}_{name}_quiet"] = round(quiet[name], 2)
@@ -338,9 +359,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", help="run one measurement (JSON spec) and print its figures")
     parser.add_argument("--shared", action="store_true", help="only the shared-cores figures")
+    parser.add_argument(
+        "--waits",
+        nargs="+",
+        choices=[CHOSEN_WAIT, FIXED_THREADS, *WAITS],
+        help="with --shared: only these ways of waiting (default: all)",
+    )
     args = parser.parse_args()
     if args.shared:
-        for key, value in run_shared().items():
+        for key, value in run_shared(args.waits).items():
             print(f"{key}: {value}", flush=True)
         return
     if args.worker:

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from backtrack.batch import BatchDecoder, choose_layout
 from backtrack.checkpoint import CheckpointMetadata, load_checkpoint
+from backtrack.core_share import CoreShare, core_share_for
 from backtrack.device import resolve_device, resolve_dtype
 from backtrack.prompts import PromptEncoder, encoder_for_checkpoint
 from backtrack.threads import configure_threads
@@ -34,6 +35,9 @@ class ServedModel:
     compile_step: bool = False
     """Whether the decode step is compiled (only the slots layout compiles)."""
     threads: int = 1
+    """The most threads a forward uses."""
+    core_share: CoreShare | None = None
+    """Lowers the count while other processes keep our cores busy (None: the count is fixed)."""
 
     @property
     def backtrack_token(self) -> str:
@@ -48,7 +52,8 @@ class ServedModel:
         """Token ids below this are safe to feed: the smaller of the tokenizer's size and the
         embedding's rows (a tokenizer that gained tokens after the model was saved has ids the
         model cannot embed; on CUDA such an id is a device-side assert)."""
-        rows = self.model.get_input_embeddings().weight.shape[0]
+        weight = getattr(self.model.get_input_embeddings(), "weight", None)
+        rows = weight.shape[0] if isinstance(weight, torch.Tensor) else len(self.tokenizer)
         return min(len(self.tokenizer), int(rows))
 
     def new_decoder(self, prefill_chunk_tokens: int) -> BatchDecoder:
@@ -60,6 +65,7 @@ class ServedModel:
             prefill_chunk_tokens=prefill_chunk_tokens,
             kv_layout=self.kv_layout,
             compile_step=self.compile_step,
+            core_share=self.core_share,
         )
 
     @property
@@ -94,4 +100,5 @@ def load_served_model(settings: Settings) -> ServedModel:
         kv_layout=kv_layout,
         compile_step=settings.compile and kv_layout == "slots",
         threads=threads,
+        core_share=core_share_for(settings.threads, threads),
     )

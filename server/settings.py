@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         None,
         ge=1,
-        description="threads for the model's forwards (default: the CPUs this process may use, "
-        "from its affinity and the cgroup CPU quota)",
+        description="threads for the model's forwards, fixed (default: the CPUs this process "
+        "may use, from its affinity and the cgroup CPU quota, one fewer for each core other "
+        "processes keep busy)",
     )
     kv_layout: Literal["auto", "slots", "padded"] = Field(
         "auto",

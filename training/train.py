@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from backtrack.checkpoint import CheckpointMetadata, save_metadata
+from backtrack.core_share import CoreShare, core_share_for
 from backtrack.threads import configure_threads
 from backtrack.tokens import embedding_rows
 from training import lora
@@ -179,6 +180,16 @@ def _injector(
     return Injector(source, ErrorPlan(), seed=seed)
 
 
+class FollowFreeCores(TrainerCallback):
+    """Sets the thread count before each step from the cores other processes leave free."""
+
+    def __init__(self, core_share: CoreShare) -> None:
+        self.core_share = core_share
+
+    def on_step_begin(self, args, state, control, **kwargs) -> None:
+        self.core_share.follow()
+
+
 def resume_point(config: Config, trainer: Trainer) -> str | None:
     """The newest Trainer checkpoint of an interrupted run, when resuming is on."""
     directory = trainer.args.output_dir
@@ -190,7 +201,7 @@ def resume_point(config: Config, trainer: Trainer) -> str | None:
 def train(config: Config) -> Path:
     """Run the training described by `config`; return the checkpoint directory."""
     lora.check_supported(config.lora, config.model)
-    configure_threads(config.training.threads)
+    threads = configure_threads(config.training.threads)
     set_seed(config.training.seed)
     output = Path(config.training.output_dir)
     quantization = lora.quantization_config(config.lora, getattr(torch, config.model.dtype))
@@ -200,6 +211,9 @@ def train(config: Config) -> Path:
     if config.lora.enabled:
         start = lora.wrap(start, config.lora, config.training.gradient_checkpointing)
     trainer, callback = build_trainer(config, start)
+    core_share = core_share_for(config.training.threads, threads)
+    if core_share is not None:
+        trainer.add_callback(FollowFreeCores(core_share))
     resume_from = resume_point(config, trainer)
     if resume_from:
         logger.info("resuming from %s", resume_from)

@@ -42,6 +42,7 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
         "kv_layout": served.kv_layout,
         "compiled_step": served.compile_step,
         "threads": served.threads,
+        "threads_follow_free_cores": served.core_share is not None,
         "backtrack_token": served.backtrack_token,
         "backtrack_token_id": served.backtrack_id,
         "objective": served.metadata.objective,
