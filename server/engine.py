@@ -27,7 +27,8 @@ from typing import TypeVar
 from backtrack.events import DoneEvent, Event
 from backtrack.params import InvalidParameter
 from backtrack.row import Row
-from server.bridge import EngineDown, QueueFull, ShuttingDown, Stream, publish_all, settle
+from server.bridge import EngineDown, QueueFull, ShuttingDown, Stream, publish_all
+from server.calls import WorkerCalls
 from server.jobs import GenerationRequest, Job, nothing_kept
 from server.loading import ServedModel
 from server.metrics import Metrics
@@ -71,9 +72,7 @@ class Engine:
         self.max_faults_in_a_row, self.on_fatal = max_faults_in_a_row, on_fatal
         self._faults_in_a_row = 0
         self._broken: str | None = None
-        self._calls: deque[
-            tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]
-        ] = deque()
+        self._calls = WorkerCalls()
         self._thread = threading.Thread(target=self._work, name="engine", daemon=True)
         metrics.kv_cache_budget_tokens.set(max_batch_total_tokens)
 
@@ -104,10 +103,8 @@ class Engine:
                 raise EngineDown("the engine worker stopped; this replica needs a restart")
             if self._shutdown_deadline is not None:
                 raise ShuttingDown("the server is shutting down")
-            if len(self._running) + len(self._waiting) >= self.max_running + self.max_waiting:
-                raise QueueFull(
-                    f"{len(self._running)} requests running and {len(self._waiting)} waiting"
-                )
+            if self._places_taken() >= self.max_running + self.max_waiting:
+                raise self._full()
             self._waiting.append(Job(request, stream, reserved))
             self.metrics.queue_size.set(len(self._waiting))
             self._wake.notify()
@@ -121,29 +118,34 @@ class Engine:
         return Stream(asyncio.get_running_loop(), self._wake, give_up, fallback)
 
     def call(self, function: Callable[[], T]) -> asyncio.Future[T]:
-        """Run `function` on the worker thread between two steps (it owns the model): a forward
-        that is not part of the batch, such as scoring a prompt's tokens for `echo`."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        """Run `function` (scoring for `logprobs`) on the worker between two steps, in a queue
+        place (`server.calls`); a drain still runs it, so admitted requests get their scores."""
         with self._wake:
             if not self._thread.is_alive() or self._broken:
                 raise EngineDown("the engine worker stopped; this replica needs a restart")
-            if self._shutdown_deadline is not None:
-                raise ShuttingDown("the server is shutting down")
-            self._calls.append((function, future, loop))
+            if self._places_taken() >= self.max_running + self.max_waiting:
+                raise self._full()
+            future = self._calls.add(function)
+            self.metrics.queue_size.set(len(self._waiting) + len(self._calls))
             self._wake.notify()
         return future
 
+    def _places_taken(self) -> int:
+        return len(self._running) + len(self._waiting) + len(self._calls)
+
+    def _full(self) -> QueueFull:
+        return QueueFull(
+            f"{len(self._running)} requests running and {len(self._waiting)} waiting, "
+            f"{len(self._calls)} scoring: every place is taken (max_concurrent_requests "
+            f"{self.max_running} + max_queue_size {self.max_waiting})"
+        )
+
     def _run_calls(self) -> None:
         with self._wake:
-            calls, self._calls = list(self._calls), deque()
-        for function, future, loop in calls:
-            try:
-                result, error = function(), None
-            except Exception as failure:
-                result, error = None, failure
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, future, result, error)
+            calls = self._calls.take_all()
+            self.metrics.queue_size.set(len(self._waiting))
+        for call in calls:
+            call.run()
 
     def begin_shutdown(self, grace: float) -> None:
         """Refuse new requests; requests still running after `grace` seconds end (`shutdown`).
@@ -314,7 +316,7 @@ class Engine:
             job.holds_reservation = True
             admitted.append(job)
         self._running.extend(admitted)
-        self.metrics.queue_size.set(len(self._waiting))
+        self.metrics.queue_size.set(len(self._waiting) + len(self._calls))
         self.metrics.running_requests.set(len(self._running))
         self.metrics.kv_cache_reserved_tokens.set(self._reserved)
         return admitted

@@ -80,6 +80,13 @@ CAPS = _table(
         {"max_backtrack_depth": "maximum"},
     ),
     Cap(
+        "max_scored_logprobs",
+        65536,
+        1,
+        "most log-probabilities one request may ask for: choices x scored tokens (echoed prompt "
+        "+ max_tokens) x (alternatives + 1); each costs a forward and a line of the answer",
+    ),
+    Cap(
         "max_input_chars",
         65536,
         1,
@@ -111,6 +118,7 @@ class Limits:
     max_stop_sequence_chars: int = CAPS["max_stop_sequence_chars"].default
     max_backtracks: int = CAPS["max_backtracks"].default
     max_backtrack_depth: int = CAPS["max_backtrack_depth"].default
+    max_scored_logprobs: int = CAPS["max_scored_logprobs"].default
     model_id: str | None = None
     """The served model's id: the only `model` the OpenAI routes accept (the schema's enum)."""
     vocab_size: int | None = None

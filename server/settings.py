@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     max_stop_sequence_chars: int = limit_field("max_stop_sequence_chars")
     max_backtracks: int = limit_field("max_backtracks")
     max_backtrack_depth: int = limit_field("max_backtrack_depth")
+    max_scored_logprobs: int = limit_field("max_scored_logprobs")
     max_input_chars: int = limit_field("max_input_chars")
     max_request_bytes: int = Field(
         2_000_000,

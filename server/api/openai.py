@@ -32,6 +32,7 @@ from server.api.errors import ApiError, OpenAIError, error_responses
 from server.api.openai_protocol import ChatCompletionRequest, CompletionRequest, openai_params
 from server.api.openai_render import OpenAIRenderer
 from server.api.streaming import collect, sse_response
+from server.limits import Limits
 from server.service import GenerationService
 
 router = APIRouter(
@@ -90,6 +91,25 @@ async def completion_prompts(body: CompletionRequest, service: GenerationService
     return prompts
 
 
+def check_scoring(render: OpenAIRenderer, max_tokens: int, limits: Limits) -> None:
+    """422 before any work when the log-probabilities asked for pass `max_scored_logprobs`:
+    one line per choice, scored token and alternative, each scored by a forward."""
+    if render.top_n is None:
+        return
+    scored = sum((len(prompt.ids) if render.echo else 0) + max_tokens for prompt in render.prompts)
+    asked = scored * (render.top_n + 1)
+    if asked > limits.max_scored_logprobs:
+        raise ApiError(
+            422,
+            f"logprobs: this request asks for {asked} log-probabilities ({scored} scored tokens "
+            f"over {len(render.prompts)} choices, {render.top_n + 1} per token); this server "
+            f"gives at most {limits.max_scored_logprobs} per request (max_scored_logprobs): "
+            "lower n, max_tokens or logprobs, or drop echo",
+            "invalid_request_error",
+            "logprobs",
+        )
+
+
 def include_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
@@ -141,6 +161,7 @@ async def _serve(
     params: GenerationParams,
 ) -> Any:
     """Choice `index` is `prompt * n + j`, with its own seed (`choice_params`)."""
+    check_scoring(render, params.max_new_tokens if generate else 0, service.limits)
     choices = [
         (prompt.ids, choice_params(params, number % body.n))
         for number, prompt in enumerate(render.prompts)
