@@ -81,7 +81,7 @@ class Engine:
             tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]
         ] = deque()
         self._thread = threading.Thread(target=self._work, name="engine", daemon=True)
-        metrics.kv_cache_budget_tokens.set(max_batch_total_tokens)
+        metrics.set_kv_budget(max_batch_total_tokens)
 
     # -- the interface the API uses ------------------------------------------------------------
 
@@ -115,7 +115,7 @@ class Engine:
                     f"{len(self._running)} requests running and {len(self._waiting)} waiting"
                 )
             self._waiting.append(Job(request, stream, reserved))
-            self.metrics.queue_size.set(len(self._waiting))
+            self.metrics.set_waiting(len(self._waiting))
             self._wake.notify()
         return stream
 
@@ -312,8 +312,8 @@ class Engine:
             job.holds_reservation = True
             admitted.append(job)
         self._running.extend(admitted)
-        self.metrics.queue_size.set(len(self._waiting))
-        self.metrics.running_requests.set(len(self._running))
+        self.metrics.set_waiting(len(self._waiting))
+        self.metrics.set_running(len(self._running))
         self.metrics.kv_cache_reserved_tokens.set(self._reserved)
         return admitted
 
@@ -333,7 +333,7 @@ class Engine:
             self._finish_unstarted(job, "error")
             return
         self._by_row[job.row] = job
-        self.metrics.prompt_tokens.inc(len(request.prompt_ids))
+        self.metrics.prompt_prefilled(len(request.prompt_ids))
 
     def _step(self) -> None:
         """One batched step; a failing step ends every row it touched with `error`."""
@@ -374,9 +374,9 @@ class Engine:
                 self._reserved -= job.reserved_tokens
             if job.row is not None:
                 self._by_row.pop(job.row, None)
-            self.metrics.running_requests.set(len(self._running))
+            self.metrics.set_running(len(self._running))
             self.metrics.kv_cache_reserved_tokens.set(self._reserved)
-        self.metrics.kv_cache_tokens.set(self.decoder.kv_tokens)
+        self.metrics.set_kv_tokens(self.decoder.kv_tokens)
 
     def _end_reason(self, job: Job) -> str | None:
         now = time.monotonic()

@@ -1,7 +1,9 @@
 """Prometheus metrics, defined once on the server's own registry.
 
 The names are a contract (dashboards are built on them). Latency buckets run from 1 ms to about
-43 minutes so both GPU-scale (milliseconds) and CPU-scale (seconds) latencies resolve.
+43 minutes so both GPU-scale (milliseconds) and CPU-scale (seconds) latencies resolve. The
+quantities vLLM also exports are recorded through the methods below, once, under both names
+(`server.vllm_metrics` holds vLLM's).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from server.vllm_metrics import VllmMetrics
 
 if TYPE_CHECKING:  # the report's type only: metrics stay free of torch
     from backtrack.batch import StepReport
@@ -69,9 +73,11 @@ STEP_BUCKETS = (
 class Metrics:
     """Every metric the server exports, on one registry (several servers in one process are fine)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.vllm = VllmMetrics(r, model_name)
+        self._kv_budget = 1
         self.requests = Counter(
             "backtrack_requests",
             "Finished generation requests, by endpoint and finish reason.",
@@ -172,12 +178,53 @@ class Metrics:
             registry=r,
         )
 
+    # -- quantities under both names: one call each, from the engine and its jobs ----------
+
+    def set_waiting(self, requests: int) -> None:
+        self.queue_size.set(requests)
+        self.vllm.num_requests_waiting.set(requests)
+
+    def set_running(self, requests: int) -> None:
+        self.running_requests.set(requests)
+        self.vllm.num_requests_running.set(requests)
+
+    def set_kv_budget(self, tokens: int) -> None:
+        self._kv_budget = max(tokens, 1)
+        self.kv_cache_budget_tokens.set(tokens)
+
+    def set_kv_tokens(self, tokens: int) -> None:
+        """KV tokens held now, and vLLM's usage fraction of the budget with them (called after
+        every step and whenever a request leaves, however it ended)."""
+        self.kv_cache_tokens.set(tokens)
+        self.vllm.set_kv_usage(tokens / self._kv_budget)
+
+    def prompt_prefilled(self, tokens: int) -> None:
+        self.prompt_tokens.inc(tokens)
+        self.vllm.prompt_tokens.inc(tokens)
+
+    def first_token(self, seconds: float) -> None:
+        self.time_to_first_token.observe(seconds)
+        self.vllm.time_to_first_token.observe(seconds)
+
+    def next_token(self, seconds: float) -> None:
+        self.inter_token_latency.observe(seconds)
+        self.vllm.observe_inter_token(seconds)
+
+    def request_finished(
+        self, endpoint: str, finish_reason: str, backtracks: int, seconds: float
+    ) -> None:
+        self.requests.labels(endpoint, finish_reason).inc()
+        self.request_backtracks.observe(backtracks)
+        self.e2e_request_latency.observe(seconds)
+        self.vllm.request_finished(finish_reason, seconds)
+
     def record_step(self, report: StepReport, budget: int) -> None:
         """What the step did as a whole, from its report."""
         self.generated_tokens.inc(report.sampled_tokens)
+        self.vllm.generation_tokens.inc(report.sampled_tokens)
         self.backtracks.inc(report.backtracks)
         self.deleted_tokens.inc(report.backtracks)
-        self.kv_cache_tokens.set(report.kv_tokens)
+        self.set_kv_tokens(report.kv_tokens)
         self.kv_cache_slots.set(report.kv_slots)
         self.kv_cache_usage.set(report.kv_tokens / budget)
         if report.decode_rows:
