@@ -42,7 +42,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(settings.served_model_id)
     app.state.service = None
     app.state.engine = None
     app.state.on_fatal = on_fatal or (lambda message: log.error(message))

@@ -74,7 +74,7 @@ class Engine:
         self._broken: str | None = None
         self._calls = WorkerCalls()
         self._thread = threading.Thread(target=self._work, name="engine", daemon=True)
-        metrics.kv_cache_budget_tokens.set(max_batch_total_tokens)
+        metrics.set_kv_budget(max_batch_total_tokens)
 
     # -- the interface the API uses ------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class Engine:
             if self._places_taken() >= self.max_running + self.max_waiting:
                 raise self._full()
             self._waiting.append(Job(request, stream, reserved))
-            self.metrics.queue_size.set(len(self._waiting))
+            self.metrics.set_waiting(len(self._waiting))
             self._wake.notify()
         return stream
 
@@ -126,7 +126,7 @@ class Engine:
             if self._places_taken() >= self.max_running + self.max_waiting:
                 raise self._full()
             future = self._calls.add(function)
-            self.metrics.queue_size.set(len(self._waiting) + len(self._calls))
+            self.metrics.set_waiting(len(self._waiting) + len(self._calls))
             self._wake.notify()
         return future
 
@@ -143,7 +143,7 @@ class Engine:
     def _run_calls(self) -> None:
         with self._wake:
             calls = self._calls.take_all()
-            self.metrics.queue_size.set(len(self._waiting))
+            self.metrics.set_waiting(len(self._waiting))
         for call in calls:
             call.run()
 
@@ -278,6 +278,7 @@ class Engine:
     def _fail_everything(self) -> None:
         with self._wake:
             waiting, self._waiting = list(self._waiting), deque()
+            self.metrics.set_waiting(len(self._calls))
         for job in [*waiting, *self._running]:
             with contextlib.suppress(Exception):
                 self._fail(job)
@@ -316,8 +317,8 @@ class Engine:
             job.holds_reservation = True
             admitted.append(job)
         self._running.extend(admitted)
-        self.metrics.queue_size.set(len(self._waiting) + len(self._calls))
-        self.metrics.running_requests.set(len(self._running))
+        self.metrics.set_waiting(len(self._waiting) + len(self._calls))
+        self.metrics.set_running(len(self._running))
         self.metrics.kv_cache_reserved_tokens.set(self._reserved)
         return admitted
 
@@ -337,14 +338,14 @@ class Engine:
             self._finish_unstarted(job, "error")
             return
         self._by_row[job.row] = job
-        self.metrics.prompt_tokens.inc(len(request.prompt_ids))
+        self.metrics.prompt_prefilled(len(request.prompt_ids))
 
     def _step(self) -> None:
         """One batched step. A failing step raises into `_work`, which ends every running row
         with `error` and counts the fault, so steps that keep failing break the engine."""
         report = self.decoder.step()
         with contextlib.suppress(Exception):  # metrics never end a request
-            self.metrics.record_step(report, self.max_batch_total_tokens)
+            self.metrics.record_step(report)
         outgoing = []
         for row, events in report.events.items():
             job = self._by_row.get(row)
@@ -374,10 +375,9 @@ class Engine:
                 self._reserved -= job.reserved_tokens
             if job.row is not None:
                 self._by_row.pop(job.row, None)
-            self.metrics.running_requests.set(len(self._running))
+            self.metrics.set_running(len(self._running))
             self.metrics.kv_cache_reserved_tokens.set(self._reserved)
-        kv = self.decoder
-        self.metrics.record_kv(kv.kv_tokens, kv.kv_slots, self.max_batch_total_tokens)
+        self.metrics.record_kv(self.decoder.kv_tokens, self.decoder.kv_slots)
 
     def _end_reason(self, job: Job) -> str | None:
         now = time.monotonic()

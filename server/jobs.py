@@ -60,14 +60,13 @@ class Job:
         for event in events:
             if isinstance(event, TokenEvent):
                 if self.last_token_at is None:
-                    m.time_to_first_token.observe(now - self.arrival)
+                    m.first_token(now - self.arrival)
                 else:
-                    m.inter_token_latency.observe(now - self.last_token_at)
+                    m.next_token(now - self.last_token_at)
                 self.last_token_at = now
             elif isinstance(event, DoneEvent):
-                m.requests.labels(self.request.endpoint, event.finish_reason).inc()
-                m.request_backtracks.observe(event.backtracks)
-                m.e2e_request_latency.observe(now - self.arrival)
+                reason, backtracks = event.finish_reason, event.backtracks
+                m.request_finished(self.request.endpoint, reason, backtracks, now - self.arrival)
 
 
 def nothing_kept(request: GenerationRequest, reason: str) -> DoneEvent:

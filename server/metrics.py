@@ -1,7 +1,9 @@
 """Prometheus metrics, defined once on the server's own registry.
 
 The names are a contract (dashboards are built on them). Latency buckets run from 1 ms to about
-43 minutes so both GPU-scale (milliseconds) and CPU-scale (seconds) latencies resolve.
+43 minutes so both GPU-scale (milliseconds) and CPU-scale (seconds) latencies resolve. The
+quantities vLLM also exports are recorded through the methods below, once, under both names
+(`server.vllm_metrics` holds vLLM's).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from server.vllm_metrics import VllmMetrics
 
 if TYPE_CHECKING:  # the report's type only: metrics stay free of torch
     from backtrack.batch import StepReport
@@ -69,9 +73,11 @@ STEP_BUCKETS = (
 class Metrics:
     """Every metric the server exports, on one registry (several servers in one process are fine)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.vllm = VllmMetrics(r, model_name)
+        self._kv_budget = 1
         self.requests = Counter(
             "backtrack_requests",
             "Finished generation requests, by endpoint and finish reason.",
@@ -172,24 +178,61 @@ class Metrics:
             registry=r,
         )
 
-    def record_step(self, report: StepReport, budget: int) -> None:
+    # -- quantities under both names: one call each, from the engine and its jobs ----------
+
+    def set_waiting(self, requests: int) -> None:
+        self.queue_size.set(requests)
+        self.vllm.num_requests_waiting.set(requests)
+
+    def set_running(self, requests: int) -> None:
+        self.running_requests.set(requests)
+        self.vllm.num_requests_running.set(requests)
+
+    def set_kv_budget(self, tokens: int) -> None:
+        self._kv_budget = max(tokens, 1)
+        self.kv_cache_budget_tokens.set(tokens)
+
+    def record_kv(self, tokens: int, slots: int) -> None:
+        """The KV gauges (what an autoscaler and the endpoint picker read: ours and vLLM's),
+        after every step and whenever a request leaves, however it ended, so an idle replica
+        never reports the load of requests gone since."""
+        self.kv_cache_tokens.set(tokens)
+        self.kv_cache_slots.set(slots)
+        self.kv_cache_usage.set(tokens / self._kv_budget)
+        self.vllm.set_kv_usage(tokens / self._kv_budget)
+
+    def prompt_prefilled(self, tokens: int) -> None:
+        self.prompt_tokens.inc(tokens)
+        self.vllm.prompt_tokens.inc(tokens)
+
+    def first_token(self, seconds: float) -> None:
+        self.time_to_first_token.observe(seconds)
+        self.vllm.time_to_first_token.observe(seconds)
+
+    def next_token(self, seconds: float) -> None:
+        self.inter_token_latency.observe(seconds)
+        self.vllm.observe_inter_token(seconds)
+
+    def request_finished(
+        self, endpoint: str, finish_reason: str, backtracks: int, seconds: float
+    ) -> None:
+        self.requests.labels(endpoint, finish_reason).inc()
+        self.request_backtracks.observe(backtracks)
+        self.e2e_request_latency.observe(seconds)
+        self.vllm.request_finished(finish_reason, seconds)
+
+    def record_step(self, report: StepReport) -> None:
         """What the step did as a whole, from its report."""
         self.generated_tokens.inc(report.sampled_tokens)
+        self.vllm.generation_tokens.inc(report.sampled_tokens)
         self.backtracks.inc(report.backtracks)
         self.deleted_tokens.inc(report.backtracks)
-        self.record_kv(report.kv_tokens, report.kv_slots, budget)
+        self.record_kv(report.kv_tokens, report.kv_slots)
         if report.decode_rows:
             self.batch_size.observe(report.decode_rows)
             self.decode_step_seconds.observe(report.decode_seconds)
         if report.prefill_tokens:
             self.prefill_step_seconds.observe(report.prefill_seconds)
-
-    def record_kv(self, tokens: int, slots: int, budget: int) -> None:
-        """The KV gauges (what an autoscaler and the endpoint picker read), after every step and
-        every departure, so an idle replica never reports the load of requests gone since."""
-        self.kv_cache_tokens.set(tokens)
-        self.kv_cache_slots.set(slots)
-        self.kv_cache_usage.set(tokens / budget)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type, for GET /metrics."""

@@ -67,6 +67,22 @@ def test_every_metric_the_endpoint_picker_reads_is_an_exported_gauge(exported):
         assert exported.get(metric) == "gauge", f"--{flag}={metric}: {exported.get(metric)}"
 
 
+EPP_DEFAULT_METRICS = (
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "vllm:lora_requests_info",
+)
+"""What the picker reads when its metric flags are left out: vLLM's names (the KV one renamed
+from `gpu_cache_usage_perc` across its releases)."""
+
+
+def test_a_picker_on_its_default_flags_finds_its_gauges_too(exported):
+    for metric in EPP_DEFAULT_METRICS:
+        assert exported.get(metric) == "gauge", f"{metric}: {exported.get(metric)}"
+
+
 def test_the_router_gauges_are_bounded_as_the_picker_expects(server):
     """KV use is a fraction 0..1 (the picker's contract), the queue a count; idle: both 0."""
     text = httpx.get(f"{server.url}/metrics", timeout=10.0).text

@@ -38,7 +38,7 @@ def make_engine(served) -> Iterator:
 
     def make(max_running: int = 4, max_waiting: int = 4, **options) -> Engine:
         engine = Engine(
-            served, Metrics(), max_running=max_running, max_waiting=max_waiting, **options
+            served, Metrics("test"), max_running=max_running, max_waiting=max_waiting, **options
         )
         engine.start()
         engines.append(engine)
