@@ -59,7 +59,7 @@ class DoneEvent:
     generated_text: str
     """The final text after every deletion (what a non-streaming request returns)."""
     finish_reason: str
-    """eos | length | stop | max_backtracks | cancelled | timeout | shutdown | error"""
+    """eos | length | stop | cancelled | timeout | shutdown | error"""
     generated_tokens: int
     """Tokens in the final (visible) output."""
     backtracks: int
@@ -67,13 +67,16 @@ class DoneEvent:
     sampled_tokens: int = 0
     """Every ordinary token drawn, the deleted ones included."""
     ignored_backtracks: int = 0
-    """BTs the model asked for that had nothing it was allowed to delete."""
+    """BTs that had nothing they were allowed to delete (the prompt, past max_backtrack_depth)."""
     removed_tokens: list[dict[str, Any]] = field(default_factory=list)
     """`{"id", "text", "index"}` of every deleted token, in deletion order."""
     seed: int | None = None
     """The seed the sampler used."""
     prompt_tokens: int = 0
     """Tokens in the prompt."""
+    backtrack_budget_exhausted: bool = False
+    """The request spent all `max_backtracks` deletions; backtracking was off from then on and
+    decoding went on to EOS, a stop or the length limit (never true with max_backtracks 0)."""
 
     kind: ClassVar[str] = "done"
 

@@ -68,7 +68,7 @@ class GenerationParams(BaseModel):
     )
     """Stop sequences, matched on the visible text after deletions and never part of the output."""
     max_backtracks: int = Field(16, ge=0)
-    """Backtracks allowed per request; a BT beyond it ends generation (`max_backtracks`)."""
+    """Deletions allowed per request; once spent, the rest is decoded without backtracking."""
     max_backtrack_depth: int = Field(8, ge=1)
     """How far behind the furthest position ever reached a deletion may go."""
     mode: Mode = "rewind"

@@ -16,9 +16,14 @@ it must hold `context_ids[:-1]` (`slots_to_drop` tells how many trailing slots g
 `context_ids[-1]` is fed at position `len(context_ids) - 1`.
 
 Deletions never reach into the prompt, nor further than `max_backtrack_depth` behind the furthest
-position reached; a BT with nothing it may delete is ignored and counted. A ban holds only for the
-prefix it was made under: a deletion at position p drops every ban beyond p. `max_new_tokens`
-bounds the visible output and `max_backtracks` the deletions, so every request terminates.
+position reached; a BT with nothing it may delete is ignored and counted, and the best ordinary
+token is taken instead, so the row never stalls (the depth is a per-step limit: once the output
+moves on, deletions are possible again). A ban holds only for the prefix it was made under: a
+deletion at position p drops every ban beyond p. `max_new_tokens` bounds the visible output and
+`max_backtracks` the deletions: once the budget is spent, backtracking is off for the rest of the
+request (the sampler decides as under policy `never`) and decoding goes on to EOS, a stop or the
+length limit, so every request terminates with a whole answer, and `DoneEvent` says that the
+budget ran out.
 
 The last token is reviewed like every other: when the output reaches `max_new_tokens`, that token
 is fed and the model takes one more decision. BT deletes it and decoding goes on; EOS ends the
@@ -172,15 +177,18 @@ class Row:
         self.next_logits = logits
 
     def sampling(self) -> RowSampling:
+        """What the sampler needs: the rewind's bans here, the request's bars (EOS under
+        `ignore_eos` or before `min_tokens`; kept apart so they never feed the BT decision),
+        and whether BT is still a candidate (not once the deletion budget is spent)."""
         banned = self.bans.get(len(self.visible_ids))
-        excluded = frozenset(banned) if banned else frozenset()
-        if self.params.ignore_eos or len(self.visible_ids) < self.params.min_tokens:
-            excluded |= self.setup.eos_ids
+        eos_barred = self.params.ignore_eos or len(self.visible_ids) < self.params.min_tokens
         return RowSampling(
             self.params,
             self.generator,
             self.context_ids if self.params.repetition_penalty not in (None, 1.0) else [],
-            excluded,
+            banned=frozenset(banned) if banned else frozenset(),
+            barred=self.setup.eos_ids if eos_barred else frozenset(),
+            may_backtrack=self._deletions_possible(),
         )
 
     # -- decisions ---------------------------------------------------------------------------
@@ -234,11 +242,10 @@ class Row:
     # -- edits -------------------------------------------------------------------------------
 
     def _backtrack(self) -> list[Event] | None:
-        if not self._may_delete():
+        if not self._may_delete() or self._budget_spent():
+            # only a forced BT meets a spent budget: the sampler no longer offers BT then
             self.counters.ignored_backtracks += 1
             return None
-        if self.counters.backtracks >= self.params.max_backtracks:
-            return self._finish("max_backtracks")
         if self.params.mode == "keep" and self.next_logits is None:
             raise RuntimeError("keep mode feeds BT after the last token: feed that token first")
         if self.params.mode == "keep" and len(self.context_ids) + 1 > self.max_context:
@@ -310,10 +317,10 @@ class Row:
         return self.view.release(self._visible(), limit)
 
     def _deletions_possible(self) -> bool:
-        return (
-            self.params.backtrack_policy != "never"
-            and self.counters.backtracks < self.params.max_backtracks
-        )
+        return self.params.backtrack_policy != "never" and not self._budget_spent()
+
+    def _budget_spent(self) -> bool:
+        return self.counters.backtracks >= self.params.max_backtracks
 
     def _finish(self, reason: str, text_length: int | None = None) -> list[Event]:
         full_text = self.detok.text
@@ -326,6 +333,7 @@ class Row:
             backtracks=self.counters.backtracks,
             sampled_tokens=self.counters.sampled_tokens,
             ignored_backtracks=self.counters.ignored_backtracks,
+            backtrack_budget_exhausted=0 < self.params.max_backtracks <= self.counters.backtracks,
             removed_tokens=list(self.counters.removed),
             seed=self.seed if self.params.do_sample else self.params.seed,
             prompt_tokens=len(self.prompt_ids),

@@ -5,6 +5,16 @@ temperature fires on correct tokens; deciding "backtrack or not" on the *untempe
 distribution (argmax or a probability threshold) keeps bans safe. Temperature, top-k, top-p,
 min-p and repetition penalty then shape only the choice among ordinary tokens.
 
+The decision sees what the model wanted, so two kinds of forbidden token are kept apart:
+
+* a *bar* is the request's own rule (EOS under `ignore_eos` or before `min_tokens`). It says
+  nothing about whether the text so far is right, so it must not hand its probability to BT:
+  the decision is taken as if the bar did not exist, and only the ordinary token is chosen among
+  what the bar allows. Where the model's first choice is barred, the best allowed token follows;
+* a *ban* is the rewind's (the token just erased at this position). It does reach the decision:
+  when the erased token was the only good choice, BT at the position before is the model saying
+  "go further back", so repeated rewinds search the model's own alternatives depth first.
+
 Everything is vectorised over the rows, each row with its own parameters: one batched step
 costs a handful of tensor operations whatever the batch size, not a Python loop of per-row
 logits processors. The shaping follows transformers' processors exactly (`RepetitionPenalty`,
@@ -36,7 +46,12 @@ class RowSampling:
     context_ids: list[int]
     """What the repetition penalty looks at (read only when the row sets one)."""
     banned: frozenset[int] = frozenset()
-    """Tokens this row may not choose at its current position."""
+    """Tokens a rewind erased at this position: the decision sees the ban (see the module)."""
+    barred: frozenset[int] = frozenset()
+    """Tokens the request forbids here (EOS under `ignore_eos` or before `min_tokens`; a
+    bad-words or allowed-tokens list would belong here too): the decision never sees them."""
+    may_backtrack: bool = True
+    """False once the deletion budget is spent: BT is no candidate, as under policy `never`."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +61,9 @@ class Choices:
     wants_backtrack: list[bool]
     """Policy argmax/threshold fired, or policy sample drew BT."""
     tokens: list[int]
-    """The ordinary token each row would append (BT never among them)."""
+    """The ordinary token each row would append (BT and barred tokens never among them)."""
     logprobs: list[float]
-    """Each token's log-probability under the untempered distribution (bans applied)."""
+    """Each token's log-probability under the untempered distribution (bans and bars applied)."""
 
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -123,21 +138,47 @@ def shape_scores(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Ten
     return scores
 
 
-def ban(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
-    """Each row's banned tokens set to -inf, unless they would leave the row nothing."""
-    vocab = logits.shape[1]
-    pairs = [
-        (index, token)
-        for index, row in enumerate(rows)
-        if row.banned and len(row.banned) < vocab - 1
-        for token in row.banned
-    ]
+def _masked(scores: torch.Tensor, sets: Sequence[frozenset[int]]) -> torch.Tensor:
+    """Each row's `sets[row]` set to -inf (a copy; `scores` itself when there is nothing to do)."""
+    pairs = [(index, token) for index, tokens in enumerate(sets) for token in tokens]
     if not pairs:
-        return logits
-    masked = logits.clone()
+        return scores
+    masked = scores.clone()
     row_index, token_index = zip(*pairs, strict=True)
     masked[list(row_index), list(token_index)] = NEG_INF
     return masked
+
+
+def _unless_empty(masked: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """`masked`, except that a row it left with no token at all keeps `fallback`'s row."""
+    if masked is fallback:
+        return masked
+    empty = masked.amax(dim=-1, keepdim=True) == NEG_INF
+    return torch.where(empty, fallback, masked)
+
+
+def ban(logits: torch.Tensor, rows: Sequence[RowSampling], backtrack_id: int) -> torch.Tensor:
+    """The distribution the backtrack decision is taken on: each row's bans applied (unless
+    they would leave it no ordinary token), its bars not (they must not feed BT)."""
+    banned = _masked(logits, [row.banned - {backtrack_id} for row in rows])
+    if banned is logits:
+        return logits
+    ordinary = banned.clone()
+    ordinary[:, backtrack_id] = NEG_INF
+    has_choice = ordinary.amax(dim=-1, keepdim=True) > NEG_INF
+    return torch.where(has_choice, banned, logits)
+
+
+def ordinary_scores(
+    logits: torch.Tensor, rows: Sequence[RowSampling], backtrack_id: int
+) -> torch.Tensor:
+    """What the ordinary token is chosen among: BT, bars and bans removed. A request's bar is
+    its own rule and goes first; bans go where they leave a token, and a bar that would leave
+    nothing at all (a vocabulary of BT and EOS) is dropped, so every row has a choice."""
+    no_bt = logits.clone()
+    no_bt[:, backtrack_id] = NEG_INF
+    barred = _unless_empty(_masked(no_bt, [row.barred for row in rows]), no_bt)
+    return _unless_empty(_masked(barred, [row.banned for row in rows]), barred)
 
 
 def draw(scores: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
@@ -160,24 +201,28 @@ def draw(scores: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
 
 
 def decide(logits: torch.Tensor, rows: Sequence[RowSampling], backtrack_id: int) -> Choices:
-    """The backtrack decision and the ordinary token for every row of `logits` ([rows, vocab])."""
-    allowed = ban(logits.float(), rows)
-    policies = [row.params.backtrack_policy for row in rows]
-    argmax_bt = (allowed.argmax(dim=-1) == backtrack_id).tolist() if "argmax" in policies else []
+    """The backtrack decision and the ordinary token for every row of `logits` ([rows, vocab]).
+
+    The decision is taken on the model's own distribution with the rewind's bans (never the
+    request's bars, never temperature or penalties); the token among the allowed ordinary ones.
+    """
+    raw = logits.float()
+    decision = ban(raw, rows, backtrack_id)
+    policies = [row.params.backtrack_policy if row.may_backtrack else "never" for row in rows]
+    argmax_bt = (decision.argmax(dim=-1) == backtrack_id).tolist() if "argmax" in policies else []
     probs_bt = (
-        torch.softmax(allowed, dim=-1)[:, backtrack_id].tolist() if "threshold" in policies else []
+        torch.softmax(decision, dim=-1)[:, backtrack_id].tolist() if "threshold" in policies else []
     )
-    ordinary = allowed.clone()
-    ordinary[:, backtrack_id] = NEG_INF
     sample_rows = [i for i, policy in enumerate(policies) if policy == "sample"]
     drew_bt: set[int] = set()
     if sample_rows:
-        # BT competes with the shaped ordinary tokens, drawn with the row's own generator
+        # BT competes with every token the model may write, drawn with the row's own generator
         subset = [rows[i] for i in sample_rows]
-        with_bt = draw(shape_scores(allowed[sample_rows], subset), subset).tolist()
+        with_bt = draw(shape_scores(decision[sample_rows], subset), subset).tolist()
         drew_bt = {
             i for i, token in zip(sample_rows, with_bt, strict=True) if token == backtrack_id
         }
+    ordinary = ordinary_scores(raw, rows, backtrack_id)
     tokens = draw(shape_scores(ordinary, rows), rows)
     logprobs = torch.log_softmax(ordinary, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
     wants = []

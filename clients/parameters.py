@@ -32,7 +32,7 @@ class Parameters(TypedDict, total=False):
     stop: list[str]
     """Stop sequences, matched on the visible text after deletions and never part of the output."""
     max_backtracks: int
-    """Backtracks allowed per request; a BT beyond it ends generation (`max_backtracks`)."""
+    """Deletions allowed per request; once spent, the rest is decoded without backtracking."""
     max_backtrack_depth: int
     """How far behind the furthest position ever reached a deletion may go."""
     mode: Literal["rewind", "keep"]

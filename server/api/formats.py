@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from backtrack.events import Event, VisibleText
 
 TGI_FINISH_REASONS = {"eos": "eos_token", "stop": "stop_sequence", "length": "length"}
-"""TGI's names; our other reasons (max_backtracks, timeout, cancelled, shutdown) pass through."""
+"""TGI's names; our other reasons (timeout, cancelled, shutdown) pass through."""
 OPENAI_FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
 

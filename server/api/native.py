@@ -117,6 +117,7 @@ def tgi_details(done: DoneEvent) -> dict[str, Any]:
         "seed": done.seed,
         "backtracks": done.backtracks,
         "deleted_tokens": done.removed_tokens,
+        "backtrack_budget_exhausted": done.backtrack_budget_exhausted,
     }
 
 

@@ -114,6 +114,7 @@ class OpenAIRenderer:
             choice: JsonObject = {
                 "index": index,
                 "finish_reason": openai_finish_reason(done.finish_reason),
+                "backtrack_budget_exhausted": done.backtrack_budget_exhausted,
             }
             tokens = [(token.id, token.text) for token in final_tokens(events[index])]
             logprobs = await self.logprobs(prompt, tokens)
@@ -151,7 +152,10 @@ class OpenAIRenderer:
                 yield sse_data(self.chunk(index, "", backtrack=event_payload(event)))
             elif isinstance(event, DoneEvent):
                 reason = openai_finish_reason(event.finish_reason)
-                yield sse_data(self.chunk(index, None, finish_reason=reason))
+                budget: dict[str, Any] = {
+                    "backtrack_budget_exhausted": event.backtrack_budget_exhausted
+                }
+                yield sse_data(self.chunk(index, None, finish_reason=reason, **budget))
         if self.include_usage:
             dones = [choices.finals[index] for index in sorted(choices.finals)]
             usage_chunk = {"choices": [], "usage": usage(dones, self._prompt_tokens())}

@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from transformers import MistralConfig, MistralForCausalLM
 
 from backtrack.batch import BatchDecoder, StepReport, decode_all, final_event
+from backtrack.checkpoint import LoadedCheckpoint, load_checkpoint
 from backtrack.compiled import CompiledStep
 from backtrack.events import BacktrackEvent, DoneEvent, Event, TokenEvent, replay
 from backtrack.kv import PaddedKV, UnsupportedModel
 from backtrack.params import GenerationParams
 from backtrack.row import Row
 from tests.backtrack.conftest import logit_bias
+from tests.server.conftest import EOS_FIRST_PROMPT, SCRIPT, save_scripted_checkpoint
 
 FIXTURES = settings(
     max_examples=12,
@@ -179,6 +181,26 @@ def test_batched_greedy_equals_each_request_alone_and_logits_stay_fresh(
         assert replay(together.events) == together.done.generated_text
 
 
+def decode_in_one_batch(
+    model,
+    tokenizer,
+    backtrack_id: int,
+    requests: list[tuple[list[int], GenerationParams]],
+    layout: str,
+) -> list[DoneEvent]:
+    """Every request in one batch decoder with `layout`, stepped to the end; their done events."""
+    decoder = BatchDecoder(model, tokenizer, backtrack_id, kv_layout=layout)
+    rows = [decoder.add(prompt, params) for prompt, params in requests]
+    events: dict[Row, list[Event]] = {row: [] for row in rows}
+    while decoder.rows:
+        for row, row_events in decoder.step().events.items():
+            events[row].extend(row_events)
+    for row_events in events.values():
+        assert replay(row_events) == final_event(row_events).generated_text
+    return [final_event(events[row]) for row in rows]
+
+
+@pytest.mark.parametrize("layout", ["slots", "padded"])
 @FIXTURES
 @given(
     seeds=st.lists(st.integers(0, 2**20), min_size=1, max_size=6),
@@ -186,7 +208,7 @@ def test_batched_greedy_equals_each_request_alone_and_logits_stay_fresh(
     bias=st.floats(0.0, 4.0),
 )
 def test_a_seeded_request_gives_the_same_text_alone_and_in_any_batch(
-    tiny_model, char_tokenizer, backtrack_id, seeds, policy, bias
+    tiny_model, char_tokenizer, backtrack_id, seeds, policy, bias, layout
 ):
     def params(seed: int) -> GenerationParams:
         return GenerationParams(
@@ -197,20 +219,20 @@ def test_a_seeded_request_gives_the_same_text_alone_and_in_any_batch(
             seed=seed,
             backtrack_policy=policy,
             backtrack_threshold=0.2,
+            max_backtracks=seed % 4,  # budgets that run out, alone and in the batch alike
         )
 
     prompts = [[1, *range(5, 5 + 2 * index + 1)] for index in range(len(seeds))]
     requests = [(prompt, params(seed)) for prompt, seed in zip(prompts, seeds, strict=True)]
+    model = (tiny_model, char_tokenizer, backtrack_id)
     with logit_bias(tiny_model, backtrack_id, bias):
-        alone = [
-            final_event(next(decode_all(tiny_model, char_tokenizer, backtrack_id, [request]))[1])
-            for request in requests
-        ]
-        together = dict(decode_all(tiny_model, char_tokenizer, backtrack_id, requests))
-    for index, done in enumerate(alone):
-        batched = final_event(together[index])
+        alone = [decode_in_one_batch(*model, [request], layout)[0] for request in requests]
+        together = decode_in_one_batch(*model, requests, layout)
+    for done, batched in zip(alone, together, strict=True):
         assert batched.generated_text == done.generated_text
         assert batched.removed_tokens == done.removed_tokens
+        assert batched.backtrack_budget_exhausted == done.backtrack_budget_exhausted
+        assert batched.finish_reason in {"eos", "length"}
 
 
 def test_a_backtrack_inside_a_batch_costs_no_extra_forward(
@@ -372,3 +394,28 @@ def test_a_last_token_the_model_keeps_ends_the_request_at_the_limit(
             )
         done = final_event(events)
         assert (done.finish_reason, done.generated_tokens, done.backtracks) == ("length", 4, 0)
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory) -> LoadedCheckpoint:
+    """The server tests' scripted checkpoint: `?` answers `hi`, then EOS leads and BT is second."""
+    directory = save_scripted_checkpoint(tmp_path_factory.mktemp("scripted"), SCRIPT)
+    return load_checkpoint(directory, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["slots", "padded"])
+def test_ignore_eos_keeps_the_answer_and_writes_exactly_max_new_tokens(scripted, layout):
+    """After `hi` the model wants EOS, then BT: under ignore_eos the answer stays and `!`
+    follows (barring EOS used to hand the step to BT, which deleted the answer)."""
+    prompt = scripted.tokenizer.encode(EOS_FIRST_PROMPT)
+    lengths = [2, 3, 6, 12]
+    requests = [(prompt, GenerationParams(max_new_tokens=12))]
+    requests += [(prompt, GenerationParams(max_new_tokens=n, ignore_eos=True)) for n in lengths]
+    requests.append((prompt, GenerationParams(max_new_tokens=12, min_tokens=5)))
+    loaded = (scripted.model, scripted.tokenizer, scripted.backtrack_id)
+    free, *exact, at_least = decode_in_one_batch(*loaded, requests, layout)
+    assert (free.generated_text, free.finish_reason) == ("hi", "eos")
+    for n, done in zip(lengths, exact, strict=True):
+        assert (done.finish_reason, done.generated_tokens, done.backtracks) == ("length", n, 0)
+        assert done.generated_text == ("hi" + "!" * 10)[:n]
+    assert (at_least.generated_text, at_least.finish_reason) == ("hi!!!", "eos")

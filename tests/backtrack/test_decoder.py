@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -119,10 +122,10 @@ def test_replaying_events_gives_the_final_text(
     assert len(backtracks) <= done.backtracks <= params.max_backtracks
 
 
-def test_always_backtracking_model_terminates_with_max_backtracks(
+def test_always_backtracking_model_spends_its_budget_then_writes_the_whole_answer(
     tiny_model, char_tokenizer, backtrack_id
 ):
-    params = GenerationParams(max_new_tokens=50, max_backtracks=5)
+    params = GenerationParams(max_new_tokens=50, max_backtracks=5, ignore_eos=True)
     with logit_bias(tiny_model, backtrack_id, 1e4):
         events = list(
             generate(
@@ -130,11 +133,159 @@ def test_always_backtracking_model_terminates_with_max_backtracks(
             )
         )
     done = events[-1]
-    assert done.finish_reason == "max_backtracks"
-    assert done.backtracks == 5
+    assert (done.finish_reason, done.generated_tokens) == ("length", 50)
+    assert done.backtracks == 5 and done.backtrack_budget_exhausted
     assert sum(isinstance(event, BacktrackEvent) for event in events) == 5
+    assert replay(events) == done.generated_text
     # nothing to delete at the start: those BTs are ignored, never reaching into the prompt
     assert done.ignored_backtracks >= 1
+
+
+@contextmanager
+def bt_second_where_eos_leads(model, eos_id: int, backtrack_id: int) -> Iterator[None]:
+    """Wherever EOS is the model's first choice, make BT its close second: what a trained
+    model does after its answer (the case where barring EOS used to hand the step to BT)."""
+
+    def shape(_module, _inputs, output):
+        output = output.clone()
+        leads = output.argmax(dim=-1) == eos_id
+        behind = output[..., eos_id] - 0.5
+        output[..., backtrack_id] = torch.where(leads, behind, output[..., backtrack_id])
+        return output
+
+    handle = model.lm_head.register_forward_hook(shape)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+BUDGET_CASE = {
+    "prompt": PROMPTS,
+    "bt_bias": st.floats(0.0, 8.0),
+    "eos_bias": st.floats(0.0, 6.0),
+    "policy": st.sampled_from(["argmax", "threshold"]),
+    "budget": st.integers(0, 6),
+    "max_new_tokens": st.integers(1, 20),
+}
+
+
+@FIXTURES
+@given(**BUDGET_CASE)
+def test_ignore_eos_gives_exactly_max_new_tokens_and_keeps_the_text_written_before_eos(
+    tiny_model,
+    char_tokenizer,
+    backtrack_id,
+    prompt,
+    bt_bias,
+    eos_bias,
+    policy,
+    budget,
+    max_new_tokens,
+):
+    eos = char_tokenizer.eos_token_id
+    prompt_ids = encode(char_tokenizer, prompt)
+
+    def done_of(**extra) -> DoneEvent:
+        params = GenerationParams(
+            max_new_tokens=max_new_tokens, backtrack_policy=policy, max_backtracks=budget, **extra
+        )
+        events = list(generate(tiny_model, char_tokenizer, backtrack_id, prompt_ids, params))
+        assert replay(events) == events[-1].generated_text
+        return events[-1]
+
+    with (
+        logit_bias(tiny_model, backtrack_id, bt_bias),
+        logit_bias(tiny_model, eos, eos_bias),
+        bt_second_where_eos_leads(tiny_model, eos, backtrack_id),
+    ):
+        free, exact = done_of(), done_of(ignore_eos=True)
+        at_least = done_of(min_tokens=max_new_tokens // 2)
+    assert (exact.finish_reason, exact.generated_tokens) == ("length", max_new_tokens)
+    if free.finish_reason == "eos":
+        # EOS led where the free run ended, so no BT fires there: its text stands
+        assert exact.generated_text.startswith(free.generated_text)
+    assert at_least.generated_tokens >= max_new_tokens // 2
+    assert at_least.finish_reason in {"eos", "length"}
+
+
+@FIXTURES
+@given(
+    **BUDGET_CASE,
+    seed=st.integers(0, 2**16),
+    do_sample=st.booleans(),
+    mode=st.sampled_from(["rewind", "keep"]),
+    depth=st.integers(1, 4),
+    ignore_eos=st.booleans(),
+    stop=st.lists(st.text(alphabet="0123456789ab", min_size=1, max_size=2), max_size=2),
+)
+def test_any_deletion_budget_ends_with_a_whole_answer_never_for_the_budget(
+    tiny_model,
+    char_tokenizer,
+    backtrack_id,
+    prompt,
+    bt_bias,
+    eos_bias,
+    policy,
+    budget,
+    max_new_tokens,
+    seed,
+    do_sample,
+    mode,
+    depth,
+    ignore_eos,
+    stop,
+):
+    params = GenerationParams(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=1.5,
+        seed=seed,
+        mode=mode,
+        backtrack_policy=policy,
+        max_backtracks=budget,
+        max_backtrack_depth=depth,
+        ignore_eos=ignore_eos,
+        stop=stop,
+    )
+    with (
+        logit_bias(tiny_model, backtrack_id, bt_bias),
+        logit_bias(tiny_model, char_tokenizer.eos_token_id, eos_bias),
+    ):
+        events = list(
+            generate(
+                tiny_model, char_tokenizer, backtrack_id, encode(char_tokenizer, prompt), params
+            )
+        )
+    done = events[-1]
+    assert isinstance(done, DoneEvent)
+    assert done.finish_reason in {"eos", "stop", "length"}
+    deletions = sum(isinstance(event, BacktrackEvent) for event in events)
+    assert deletions == done.backtracks <= budget
+    assert done.backtrack_budget_exhausted == (0 < budget == done.backtracks)
+    assert replay(events) == done.generated_text
+    if ignore_eos and done.finish_reason != "stop":
+        assert (done.finish_reason, done.generated_tokens) == ("length", max_new_tokens)
+
+
+def test_a_bt_beyond_the_depth_writes_the_best_ordinary_token_instead_of_stalling(
+    tiny_model, char_tokenizer, backtrack_id
+):
+    """BT always leads, but with depth 1 a token may go only from the furthest position: a BT
+    with nothing it may delete is ignored and the best ordinary token written, so the row never
+    stalls (a stalled row would take the same decision on the same logits forever)."""
+    params = GenerationParams(
+        max_new_tokens=6, max_backtracks=100, max_backtrack_depth=1, ignore_eos=True
+    )
+    with logit_bias(tiny_model, backtrack_id, 1e4):
+        events = list(
+            generate(tiny_model, char_tokenizer, backtrack_id, encode(char_tokenizer, "7"), params)
+        )
+    done = events[-1]
+    assert (done.finish_reason, done.generated_tokens) == ("length", 6)
+    assert done.ignored_backtracks > 0
+    assert done.sampled_tokens == done.generated_tokens + done.backtracks
+    assert replay(events) == done.generated_text
 
 
 def test_greedy_after_rewind_never_reemits_the_banned_token(

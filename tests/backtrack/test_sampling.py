@@ -24,9 +24,21 @@ BT = 3
 VOCAB = 12
 
 
-def row(params: GenerationParams, context: list[int] | None = None, banned=(), seed: int = 0):
+def row(
+    params: GenerationParams,
+    context: list[int] | None = None,
+    banned=(),
+    seed: int = 0,
+    barred=(),
+    may_backtrack: bool = True,
+):
     return RowSampling(
-        params, torch.Generator().manual_seed(seed), context or [], frozenset(banned)
+        params,
+        torch.Generator().manual_seed(seed),
+        context or [],
+        frozenset(banned),
+        frozenset(barred),
+        may_backtrack,
     )
 
 
@@ -176,3 +188,136 @@ def test_a_seeded_row_draws_the_same_tokens_whatever_shares_its_batch(seed, neig
     batch_logits[place] = logits[0]
     batched = [decide(batch_logits, rows, BT).tokens[place] for _ in range(8)]
     assert batched == alone
+
+
+# -- bars, bans and the deletion budget ----------------------------------------------------------
+
+ORDINARY = [token for token in range(VOCAB) if token != BT]
+DECISION_PARAMS = st.builds(
+    GenerationParams,
+    do_sample=st.booleans(),
+    temperature=st.floats(0.3, 3.0),
+    top_k=st.none() | st.integers(1, VOCAB),
+    repetition_penalty=st.none() | st.floats(0.5, 2.5),
+    backtrack_policy=st.sampled_from(["argmax", "threshold", "sample", "never"]),
+    backtrack_threshold=st.floats(0.05, 0.95),
+)
+ROW_CASE = st.tuples(
+    DECISION_PARAMS,
+    st.frozensets(st.sampled_from(ORDINARY), max_size=VOCAB),  # bans after a rewind
+    st.frozensets(st.sampled_from(ORDINARY), max_size=3),  # the request's bars
+    st.integers(0, 2**16),  # the row's seed
+)
+
+
+def logits_for(rows: int, seed: int, bt_first_in: set[int] = frozenset()) -> torch.Tensor:
+    logits = torch.randn(rows, VOCAB, generator=torch.Generator().manual_seed(seed)) * 3
+    for index in bt_first_in:
+        logits[index, BT] = logits[index].max() + 1
+    return logits
+
+
+def with_bt_second(logits: torch.Tensor, first: int) -> torch.Tensor:
+    """Make `first` the most likely token and BT the second, ahead of every other one."""
+    shaped = logits.clone()
+    top = shaped.max(dim=-1, keepdim=True).values
+    shaped[:, BT] = top.squeeze(1) + 1
+    shaped[:, first] = top.squeeze(1) + 2
+    return shaped
+
+
+@settings(max_examples=200, deadline=None)
+@given(cases=st.lists(ROW_CASE, min_size=1, max_size=5), seed=st.integers(0, 2**16))
+def test_a_bar_never_changes_the_backtrack_decision(cases, seed):
+    """The decision is the same with the request's bars as without: a bar feeds BT nothing."""
+    logits = logits_for(len(cases), seed)
+    free = [row(params, [1, 2], banned, s) for params, banned, _, s in cases]
+    barred = [row(params, [1, 2], banned, s, barred=bar) for params, banned, bar, s in cases]
+    assert decide(logits, barred, BT).wants_backtrack == decide(logits, free, BT).wants_backtrack
+
+
+@settings(max_examples=200, deadline=None)
+@given(cases=st.lists(ROW_CASE, min_size=1, max_size=5), seed=st.integers(0, 2**16))
+def test_the_ordinary_token_is_never_bt_nor_barred_and_banned_only_when_nothing_else_is_left(
+    cases, seed
+):
+    logits = logits_for(len(cases), seed)
+    rows = [row(params, [1, 2], banned, s, barred=bar) for params, banned, bar, s in cases]
+    for token, (_, banned, bar, _) in zip(decide(logits, rows, BT).tokens, cases, strict=True):
+        assert token != BT
+        assert token not in bar
+        if set(ORDINARY) - bar - banned:
+            assert token not in banned
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    first=st.sampled_from(ORDINARY),
+    banned=st.frozensets(st.sampled_from(ORDINARY), max_size=4),
+    policy=st.sampled_from(["argmax", "threshold"]),
+    seed=st.integers(0, 2**16),
+)
+def test_a_barred_first_choice_gives_the_best_allowed_token_never_bt(first, banned, policy, seed):
+    """EOS first and BT second (the model after its answer) under ignore_eos: no deletion, the
+    best token that is neither barred nor banned is written."""
+    banned = banned - {first}
+    logits = with_bt_second(logits_for(1, seed), first)
+    params = GenerationParams(backtrack_policy=policy, backtrack_threshold=0.9)
+    choices = decide(logits, [row(params, banned=banned, barred={first})], BT)
+    allowed = [token for token in ORDINARY if token != first and token not in banned]
+    assert choices.wants_backtrack == [False]
+    assert choices.tokens == [max(allowed, key=lambda token: logits[0, token].item())]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cases=st.lists(ROW_CASE, min_size=1, max_size=5),
+    seed=st.integers(0, 2**16),
+    bt_first=st.sets(st.integers(0, 4)),
+)
+def test_argmax_fires_exactly_where_bt_leads_the_banned_unbarred_distribution(
+    cases, seed, bt_first
+):
+    logits = logits_for(len(cases), seed, {i for i in bt_first if i < len(cases)})
+    rows = [
+        row(params.model_copy(update={"backtrack_policy": "argmax"}), [1], banned, s, barred=bar)
+        for params, banned, bar, s in cases
+    ]
+    wants = decide(logits, rows, BT).wants_backtrack
+    for index, (_, banned, _, _) in enumerate(cases):
+        scores = logits[index].clone()
+        if set(ORDINARY) - banned:  # a ban of every ordinary token is not applied
+            scores[list(banned)] = float("-inf")
+        assert wants[index] == (int(scores.argmax()) == BT)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases=st.lists(ROW_CASE, min_size=1, max_size=5), seed=st.integers(0, 2**16))
+def test_a_spent_budget_decides_exactly_as_the_never_policy(cases, seed):
+    """`may_backtrack=False` (the budget is spent): no BT, and the very tokens `never` draws."""
+    logits = logits_for(len(cases), seed, {0})
+    spent = [row(p, [1, 2], banned, s, bar, may_backtrack=False) for p, banned, bar, s in cases]
+    never = [
+        row(p.model_copy(update={"backtrack_policy": "never"}), [1, 2], banned, s, bar)
+        for p, banned, bar, s in cases
+    ]
+    spent_choices, never_choices = decide(logits, spent, BT), decide(logits, never, BT)
+    assert spent_choices.wants_backtrack == [False] * len(cases)
+    assert spent_choices.tokens == never_choices.tokens
+    assert spent_choices.logprobs == never_choices.logprobs
+
+
+def test_a_ban_still_reaches_the_decision_so_rewinds_go_further_back():
+    """The erased token was the only good choice: with it banned, BT leads and fires."""
+    logits = probs_to_logits([0.05, 0.6, 0.05, 0.3])
+    assert decide(logits, [row(GenerationParams())], BT).wants_backtrack == [False]
+    assert decide(logits, [row(GenerationParams(), banned={1})], BT).wants_backtrack == [True]
+    barred = row(GenerationParams(), barred={1})
+    assert decide(logits, [barred], BT).wants_backtrack == [False]
+
+
+def test_a_bar_that_would_leave_nothing_is_dropped():
+    """A vocabulary of BT and barred tokens only: the request still gets a token, never BT."""
+    logits = probs_to_logits([0.1, 0.2, 0.4, 0.3])
+    choices = decide(logits, [row(GenerationParams(), barred={0, 1, 2})], BT)
+    assert choices.tokens == [2]

@@ -7,7 +7,9 @@ head holds a transition table. Prompt `1+1=` then decodes, greedily, as
     token "3", backtrack, token "2", token "x", backtrack, token " ", "o", "k", EOS
 
 (after a rewind the deleted token is banned, so the second choice follows). A prompt ending in
-`z` repeats `z` forever, for requests that must still be running when the test acts.
+`z` repeats `z` forever, for requests that must still be running when the test acts. A prompt
+ending in `?` answers `hi`, after which the model ranks EOS first, BT second and `!` third: what
+the default checkpoint does after its answer, for `ignore_eos` and `min_tokens`.
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ SCRIPT: dict[str, list[str]] = {
     "o": ["k"],
     "k": [EOS],
     "z": ["z"],
+    "?": ["h"],
+    "h": ["i"],
+    "i": [EOS, BACKTRACK_TOKEN, "!"],
+    "!": [EOS, BACKTRACK_TOKEN, "!"],
 }
 """Last token -> next tokens, best first. Unlisted tokens go to EOS."""
 PROMPT = "1+1="
 EXPECTED_TEXT = "2 ok"
 EXPECTED_REMOVED = ["3", "x"]
+EOS_FIRST_PROMPT = "?"
+"""Answers `hi`; then EOS is the model's first choice, BT its second and `!` its third."""
 LOOP_PROMPT = "zz"
 """Continues with `z` until a limit: for requests that must still be running when a test acts."""
 API_KEY = "test-key"

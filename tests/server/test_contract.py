@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from backtrack.events import TokenEvent
 from clients.viewer import parse_options
 from server.api.native import TgiRenderer
-from tests.server.conftest import API_KEY, EXPECTED_TEXT, MODEL_ID, PROMPT
+from tests.server.conftest import API_KEY, EOS_FIRST_PROMPT, EXPECTED_TEXT, MODEL_ID, PROMPT
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 TGI_CLIENT_WARNING = "ignore:The `dict` method is deprecated:DeprecationWarning"
@@ -199,6 +199,49 @@ def test_ignore_eos_and_min_tokens_are_honoured(sdk):
         model=MODEL_ID, prompt=PROMPT, max_tokens=12, temperature=0, extra_body={"min_tokens": 6}
     )
     assert longer.usage.completion_tokens >= 6
+
+
+def test_ignore_eos_gives_exactly_max_tokens_after_the_text_written_before_eos(sdk):
+    """The model wants EOS after `hi` and BT second: the answer is kept and written on."""
+    free = sdk.completions.create(
+        model=MODEL_ID, prompt=EOS_FIRST_PROMPT, max_tokens=12, temperature=0
+    )
+    assert (free.choices[0].text, free.choices[0].finish_reason) == ("hi", "stop")
+    exact = sdk.completions.create(
+        model=MODEL_ID,
+        prompt=EOS_FIRST_PROMPT,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert exact.usage.completion_tokens == 12
+    assert exact.choices[0].text.startswith(free.choices[0].text)
+    assert exact.choices[0].finish_reason == "length"
+    assert exact.choices[0].model_extra["backtrack_budget_exhausted"] is False
+
+
+def test_an_openai_choice_says_when_the_deletion_budget_ran_out(sdk):
+    spent = sdk.completions.create(
+        model=MODEL_ID,
+        prompt=PROMPT,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"max_backtracks": 1},
+    )
+    assert (spent.choices[0].text, spent.choices[0].finish_reason) == ("2x", "stop")
+    assert spent.choices[0].model_extra["backtrack_budget_exhausted"] is True
+    chunks = list(
+        sdk.completions.create(
+            model=MODEL_ID,
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            extra_body={"max_backtracks": 1},
+        )
+    )
+    last = [chunk.choices[0] for chunk in chunks if chunk.choices[0].finish_reason][-1]
+    assert last.model_extra["backtrack_budget_exhausted"] is True
 
 
 # -- logprobs and echo --------------------------------------------------------------------------

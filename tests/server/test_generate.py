@@ -8,7 +8,13 @@ import httpx
 import pytest
 
 from backtrack.events import BacktrackEvent, TokenEvent, replay
-from tests.server.conftest import API_KEY, EXPECTED_REMOVED, EXPECTED_TEXT, PROMPT
+from tests.server.conftest import (
+    API_KEY,
+    EOS_FIRST_PROMPT,
+    EXPECTED_REMOVED,
+    EXPECTED_TEXT,
+    PROMPT,
+)
 from tests.server.sse import stream_events
 
 
@@ -78,11 +84,47 @@ def test_no_backtracking_keeps_the_first_choice(client):
     assert client.post("/generate", json=body).json()["generated_text"] == "3"
 
 
-def test_max_backtracks_ends_the_request(client):
+def test_a_spent_deletion_budget_switches_backtracking_off_and_the_answer_goes_on(client):
     body = {"inputs": PROMPT, "parameters": {"max_backtracks": 1, "details": True}}
     answer = client.post("/generate", json=body).json()
-    assert answer["details"]["finish_reason"] == "max_backtracks"
-    assert answer["generated_text"] == "2x"  # the BT beyond the limit ends, it does not delete
+    # "3" is deleted, the budget is spent; after "x" the model wants BT, then EOS: EOS it is
+    assert answer["generated_text"] == "2x"
+    details = answer["details"]
+    assert (details["finish_reason"], details["backtracks"]) == ("eos_token", 1)
+    assert details["backtrack_budget_exhausted"] is True
+    plain = {"inputs": PROMPT, "parameters": {"details": True}}
+    assert (
+        client.post("/generate", json=plain).json()["details"]["backtrack_budget_exhausted"]
+        is False
+    )
+
+
+def test_the_native_done_event_says_the_budget_ran_out(client):
+    parameters = {"max_backtracks": 1, "ignore_eos": True, "max_new_tokens": 5}
+    stream = stream_events(
+        client, "/generate", {"inputs": PROMPT, "parameters": parameters, "stream": True}
+    )
+    done = stream[-1].json()
+    assert [e.event for e in stream].count("backtrack") == 1
+    assert (done["finish_reason"], done["generated_tokens"]) == ("length", 5)
+    assert done["generated_text"].startswith("2x")
+    assert done["backtrack_budget_exhausted"] is True
+
+
+def test_ignore_eos_writes_on_after_the_answer_instead_of_deleting_it(client):
+    """After `hi` the model wants EOS, then BT: barring EOS must not hand the step to BT."""
+    parameters = {"max_new_tokens": 6, "ignore_eos": True, "details": True}
+    answer = client.post(
+        "/generate", json={"inputs": EOS_FIRST_PROMPT, "parameters": parameters}
+    ).json()
+    assert answer["generated_text"] == "hi!!!!"
+    assert (answer["details"]["finish_reason"], answer["details"]["backtracks"]) == ("length", 0)
+    parameters = {"min_tokens": 4, "details": True}
+    answer = client.post(
+        "/generate", json={"inputs": EOS_FIRST_PROMPT, "parameters": parameters}
+    ).json()
+    assert answer["generated_text"] == "hi!!"
+    assert answer["details"]["finish_reason"] == "eos_token"
 
 
 def test_keep_mode_streams_events_that_replay_to_its_text(client):

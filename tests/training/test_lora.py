@@ -87,7 +87,7 @@ def test_the_merged_checkpoint_serves(run):
     prompt = loaded.tokenizer("123+456=").input_ids
     params = GenerationParams(max_new_tokens=6, max_backtracks=2)
     events = list(generate(loaded.model, loaded.tokenizer, loaded.backtrack_id, prompt, params))
-    assert events[-1].finish_reason in {"eos", "length", "max_backtracks"}
+    assert events[-1].finish_reason in {"eos", "length"}
     results = json.loads((run / "train_results.json").read_text())
     assert 0 < results["trainable_parameters"] < results["parameters"]
     assert results["tokens_per_second_per_process"] > 0
