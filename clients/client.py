@@ -55,7 +55,7 @@ class Details:
     """What the server reports about a finished non-streaming generation."""
 
     finish_reason: str
-    """TGI's names: eos_token | length | stop_sequence, or ours (max_backtracks, timeout, ...)."""
+    """TGI's names: eos_token | length | stop_sequence (`length` for a request cut short)."""
     generated_tokens: int
     backtracks: int = 0
     seed: int | None = None
@@ -66,6 +66,8 @@ class Details:
     prompt_tokens: int = 0
     sampled_tokens: int = 0
     ignored_backtracks: int = 0
+    backtrack_finish_reason: str | None = None
+    """The server's own reason: eos, stop, length, or why it was cut short (timeout, ...)."""
 
 
 @dataclass(frozen=True)
