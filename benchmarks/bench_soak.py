@@ -151,13 +151,12 @@ def read_frame(path: str, data: str, outcome: Outcome) -> None:
     if path.startswith("/v1/"):
         for choice in frame.get("choices", []):
             if choice.get("finish_reason"):
-                outcome.finish_reason = choice["finish_reason"]
+                outcome.finish_reason = own_finish_reason(choice)
     elif "finish_reason" in frame:  # the native `done` event
         outcome.finish_reason = frame["finish_reason"]
         outcome.complete = True
     elif frame.get("generated_text") is not None:  # TGI's last line
-        details = frame.get("details") or {}
-        outcome.finish_reason = details.get("finish_reason", "unknown")
+        outcome.finish_reason = own_finish_reason(frame.get("details") or {})
         outcome.complete = True
     if outcome.finish_reason in TERMINAL_FINISH_REASONS:
         outcome.stream_error = True
@@ -169,10 +168,15 @@ def json_finish_reason(text: str) -> str | None:
     except ValueError:
         return None
     if isinstance(answer, dict) and answer.get("choices"):
-        return answer["choices"][0].get("finish_reason")
+        return own_finish_reason(answer["choices"][0])
     if isinstance(answer, dict) and isinstance(answer.get("details"), dict):
-        return answer["details"].get("finish_reason")
+        return own_finish_reason(answer["details"])
     return None
+
+
+def own_finish_reason(fields: dict) -> str:
+    """The server's own reason (TGI's and OpenAI's fields say `length` for a timeout)."""
+    return fields.get("backtrack_finish_reason") or fields.get("finish_reason") or "unknown"
 
 
 # -- the server --------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ class Details:
     """What the server reports about a finished non-streaming generation."""
 
     finish_reason: str
-    """TGI's names: eos_token | length | stop_sequence, or ours (timeout, cancelled, ...)."""
+    """TGI's names: eos_token | length | stop_sequence (`length` for a request cut short)."""
     generated_tokens: int
     backtracks: int = 0
     seed: int | None = None
@@ -68,6 +68,8 @@ class Details:
     ignored_backtracks: int = 0
     backtrack_budget_exhausted: bool = False
     """Every allowed deletion was spent; the rest was written without backtracking."""
+    backtrack_finish_reason: str | None = None
+    """The server's own reason: eos, stop, length, or why it was cut short (timeout, ...)."""
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,6 @@ FINISHED_REASON = {
     "eos": "stop",
     "stop": "stop",
     "length": "length",
-    "max_backtracks": "length",
     "cancelled": "abort",
     "timeout": "abort",
     "shutdown": "abort",

@@ -1,22 +1,10 @@
-"""Shapes shared by the response formats: finish-reason names and the final token list."""
+"""The final token list the response formats share (finish reasons: `server.api.finish_reasons`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from backtrack.events import Event, VisibleText
-
-TGI_FINISH_REASONS = {"eos": "eos_token", "stop": "stop_sequence", "length": "length"}
-"""TGI's names; our other reasons (timeout, cancelled, shutdown) pass through."""
-OPENAI_FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-
-
-def tgi_finish_reason(reason: str) -> str:
-    return TGI_FINISH_REASONS.get(reason, reason)
-
-
-def openai_finish_reason(reason: str) -> str:
-    return OPENAI_FINISH_REASONS.get(reason, reason)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 The native stream names its events (`token`, `backtrack`, `done`) so clients can show deletions
 live. The TGI stream is plain `data:` lines, one per token, the last carrying `generated_text`;
 by default it holds back tokens a later backtrack could delete, because TGI clients cannot erase.
+
+The JSON answers and TGI's stream speak TGI's finish reasons only (`length | eos_token |
+stop_sequence`), ours beside them in `details.backtrack_finish_reason`; a failed generation is a
+424 or, in TGI's stream, TGI's error line. The native stream's `done` keeps our own reason.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from backtrack.events import BacktrackEvent, DoneEvent, ErrorEvent, TokenEvent, event_payload
 from server.api.deps import Service, Streaming, require_api_key
 from server.api.errors import ApiError, TgiError, error_responses
-from server.api.formats import final_tokens, tgi_finish_reason
+from server.api.finish_reasons import EXTENSION_FIELD, tgi_finish_reason
+from server.api.formats import final_tokens
+from server.api.responses import TgiGeneration
 from server.api.streaming import collect, sse_data, sse_event, sse_response
 from server.api.tgi_protocol import GenerateRequest, tgi_params
 from server.bridge import Stream
@@ -29,8 +35,11 @@ router = APIRouter(
     responses={**error_responses(TgiError), 424: {"model": TgiError, "description": "failed"}},
 )
 EVENT_STREAM: dict[str, Any] = {"text/event-stream": {}}
-JSON_OR_STREAM: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {}, **EVENT_STREAM}}
+JSON_OR_NATIVE_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"model": TgiGeneration, "content": {"application/json": {}, **EVENT_STREAM}}
+}
+LIST_OR_TGI_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"model": list[TgiGeneration], "content": {"application/json": {}, **EVENT_STREAM}}
 }
 
 
@@ -51,7 +60,7 @@ async def _submit(
 @router.post(
     "/generate",
     summary="Generate text (JSON, or the native SSE stream with stream=true)",
-    responses=JSON_OR_STREAM,
+    responses=JSON_OR_NATIVE_STREAM,
 )
 async def generate(
     body: GenerateRequest, request: Request, service: Service, streaming: Streaming
@@ -80,7 +89,7 @@ async def generate_stream(
 @router.post(
     "/",
     summary="TGI's compatibility route: a JSON list of one answer, or TGI's stream with stream=true",
-    responses=JSON_OR_STREAM,
+    responses=LIST_OR_TGI_STREAM,
 )
 async def compat_generate(
     body: GenerateRequest, request: Request, service: Service, streaming: Streaming
@@ -111,8 +120,10 @@ async def _generate_json(
 
 
 def tgi_details(done: DoneEvent) -> dict[str, Any]:
+    """TGI's details: its own finish reason, ours beside it (`server.api.finish_reasons`)."""
     return {
         "finish_reason": tgi_finish_reason(done.finish_reason),
+        EXTENSION_FIELD: done.finish_reason,
         "generated_tokens": done.generated_tokens,
         "seed": done.seed,
         "backtracks": done.backtracks,

@@ -30,7 +30,8 @@ from server.api.completion_render import CompletionRenderer
 from server.api.deps import Service, Streaming, require_api_key
 from server.api.errors import ApiError, OpenAIError, error_responses
 from server.api.openai_protocol import ChatCompletionRequest, CompletionRequest, openai_params
-from server.api.openai_render import OpenAIRenderer
+from server.api.openai_render import OpenAIRenderer, generation_failed
+from server.api.responses import ChatCompletion, Completion
 from server.api.streaming import collect, sse_response
 from server.limits import Limits
 from server.service import GenerationService
@@ -41,8 +42,12 @@ router = APIRouter(
     tags=["openai"],
     responses=error_responses(OpenAIError),
 )
-JSON_OR_STREAM: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {}, "text/event-stream": {}}}
+EVENT_STREAM: dict[str, Any] = {"text/event-stream": {}}
+COMPLETION_OR_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"model": Completion, "content": {"application/json": {}, **EVENT_STREAM}}
+}
+CHAT_OR_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"model": ChatCompletion, "content": {"application/json": {}, **EVENT_STREAM}}
 }
 
 
@@ -115,7 +120,9 @@ def include_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
 
 
 @router.post(
-    "/completions", summary="OpenAI text completions, streaming or not", responses=JSON_OR_STREAM
+    "/completions",
+    summary="OpenAI text completions, streaming or not",
+    responses=COMPLETION_OR_STREAM,
 )
 async def completions(
     body: CompletionRequest, request: Request, service: Service, streaming: Streaming
@@ -133,7 +140,7 @@ async def completions(
 @router.post(
     "/chat/completions",
     summary="OpenAI chat completions, streaming or not",
-    responses=JSON_OR_STREAM,
+    responses=CHAT_OR_STREAM,
 )
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, service: Service, streaming: Streaming
@@ -171,5 +178,5 @@ async def _serve(
         return sse_response(streams, render.frames, streaming)
     items, _ = await collect(streams, request)
     if any(done.finish_reason == "error" for done in streams.finals.values()):
-        raise ApiError(500, "generation failed; see the server log", "server_error")
+        raise generation_failed()
     return await render.answer(streams.by_choice(items), streams.finals)

@@ -8,6 +8,10 @@ message, each in its own module.
 `logprobs` are the model's own log-probabilities of the returned tokens given the prompt and the
 tokens before them: one extra forward over prompt + final text on the engine's worker thread
 (`GenerationService.score`), so a deleted token is never part of them.
+
+A choice's `finish_reason` is OpenAI's (`stop | length`), ours beside it in
+`backtrack_finish_reason` (`server.api.finish_reasons`). A failed choice fails the answer: a 500,
+or in a stream a last chunk `{"error": {...}}`, which the openai SDK raises, then `[DONE]`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from sse_starlette import ServerSentEvent
 
 from backtrack.events import BacktrackEvent, DoneEvent, Event, TokenEvent, event_payload
 from server.api.choices import Choices, Prompt
-from server.api.formats import final_tokens, openai_finish_reason
+from server.api.errors import ApiError
+from server.api.finish_reasons import EXTENSION_FIELD, openai_finish_reason
+from server.api.formats import final_tokens
 from server.api.streaming import sse_data
 from server.service import GenerationService, ScoredToken
 
@@ -111,11 +117,7 @@ class OpenAIRenderer:
         choices = []
         for index in sorted(finals):
             done, prompt = finals[index], self.prompts[index]
-            choice: JsonObject = {
-                "index": index,
-                "finish_reason": openai_finish_reason(done.finish_reason),
-                "backtrack_budget_exhausted": done.backtrack_budget_exhausted,
-            }
+            choice: JsonObject = {"index": index, **finish_fields(done)}
             tokens = [(token.id, token.text) for token in final_tokens(events[index])]
             logprobs = await self.logprobs(prompt, tokens)
             choices.append({**choice, **self.answer_text(done, prompt), "logprobs": logprobs})
@@ -151,11 +153,11 @@ class OpenAIRenderer:
                 shown[index].pop()
                 yield sse_data(self.chunk(index, "", backtrack=event_payload(event)))
             elif isinstance(event, DoneEvent):
-                reason = openai_finish_reason(event.finish_reason)
-                budget: dict[str, Any] = {
-                    "backtrack_budget_exhausted": event.backtrack_budget_exhausted
-                }
-                yield sse_data(self.chunk(index, None, finish_reason=reason, **budget))
+                if event.finish_reason == "error":  # the SDK raises APIError on this chunk
+                    yield sse_data(generation_failed().openai_body().model_dump())
+                    yield sse_data("[DONE]")
+                    return  # the other choices are cancelled as the stream ends
+                yield sse_data(self.chunk(index, None, **finish_fields(event)))
         if self.include_usage:
             dones = [choices.finals[index] for index in sorted(choices.finals)]
             usage_chunk = {"choices": [], "usage": usage(dones, self._prompt_tokens())}
@@ -177,6 +179,21 @@ class OpenAIRenderer:
     def envelope(self, chunk: bool = False) -> JsonObject:
         kind = self.chunk_object_name if chunk else self.object_name
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+
+def generation_failed() -> ApiError:
+    """A failed choice: the whole answer is this error (a 500, or the stream's last chunk)."""
+    return ApiError(500, "generation failed; see the server log", "server_error")
+
+
+def finish_fields(done: DoneEvent) -> JsonObject:
+    """OpenAI's finish reason, ours beside it (`server.api.finish_reasons`), and whether the
+    deletion budget ran out."""
+    return {
+        "finish_reason": openai_finish_reason(done.finish_reason),
+        EXTENSION_FIELD: done.finish_reason,
+        "backtrack_budget_exhausted": done.backtrack_budget_exhausted,
+    }
 
 
 def usage(dones: list[DoneEvent], prompt_tokens: int) -> dict[str, int]:

@@ -3,7 +3,8 @@
 FastAPI's schema states the types and the vocabulary's ranges; the caps in effect
 (`server.limits`: `maxItems`, `maxLength`, `maximum`), the served model's id (an enum) and the
 vocabulary size (token-id prompts) are written in here, so clients read every bound from
-`/openapi.json` as well as from `/info`.
+`/openapi.json` as well as from `/info`. Each stream's events are described here too
+(`server.api.responses.describe_streams`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from server.api.responses import describe_streams
 from server.limits import Limits
 
 
@@ -28,8 +30,10 @@ def limited_openapi(app: FastAPI) -> dict[str, Any]:
     model is loaded: its vocabulary bounds token ids)."""
     if app.openapi_schema is not None:
         return app.openapi_schema
-    schema = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
+    schema = describe_streams(
+        get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
     )
     service = app.state.service
     if service is None:

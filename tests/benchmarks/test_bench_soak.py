@@ -3,11 +3,13 @@ the checks (the soak itself runs by name, `make bench-soak`; nothing here is tim
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
 from benchmarks import soak_corpus as corpus
+from benchmarks.bench_soak import json_finish_reason, read_frame
 from benchmarks.soak_corpus import CAPACITY, Case
 from benchmarks.soak_judge import (
     Outcome,
@@ -25,6 +27,8 @@ backtrack_requests_total{endpoint="/generate",finish_reason="cancelled"} 3.0
 backtrack_requests_total{endpoint="/v1/completions",finish_reason="cancelled"} 2.0
 backtrack_requests_total{endpoint="/generate",finish_reason="length"} 7.0
 """
+
+TIMED_OUT_DETAILS = {"finish_reason": "length", "backtrack_finish_reason": "timeout"}
 
 
 def test_metrics_are_parsed_and_summed_by_label():
@@ -107,3 +111,19 @@ def test_good_cases_stay_within_the_limits_and_a_quarter_of_streams_drop():
         assert len(options.get("stop", [])) <= corpus.MAX_STOP_SEQUENCES
         assert options.get("max_backtracks", 0) <= corpus.MAX_BACKTRACKS
         assert 0 <= options.get("seed", 0) < 2**64
+
+
+@pytest.mark.parametrize(
+    ("path", "frame"),
+    [
+        ("/generate_stream", {"generated_text": "z", "details": TIMED_OUT_DETAILS}),
+        ("/v1/completions", {"choices": [{"index": 0, "text": "", **TIMED_OUT_DETAILS}]}),
+    ],
+)
+def test_a_timeout_is_read_from_our_reason_beside_the_protocols_length(path, frame):
+    """TGI's and OpenAI's `finish_reason` say `length` for a timeout; the soak counts it as one."""
+    outcome = Outcome(Case("valid", "POST", path))
+    read_frame(path, json.dumps(frame), outcome)
+    assert (outcome.finish_reason, outcome.stream_error) == ("timeout", True)
+    answer = {"generated_text": "z", "details": TIMED_OUT_DETAILS}
+    assert json_finish_reason(json.dumps(answer)) == "timeout"

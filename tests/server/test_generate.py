@@ -91,6 +91,7 @@ def test_a_spent_deletion_budget_switches_backtracking_off_and_the_answer_goes_o
     assert answer["generated_text"] == "2x"
     details = answer["details"]
     assert (details["finish_reason"], details["backtracks"]) == ("eos_token", 1)
+    assert details["backtrack_finish_reason"] == "eos"
     assert details["backtrack_budget_exhausted"] is True
     plain = {"inputs": PROMPT, "parameters": {"details": True}}
     assert (
