@@ -58,8 +58,8 @@ FINISHED_REASON = {
     "shutdown": "abort",
     "error": "error",
 }
-"""Our finish reasons in vLLM's words: EOS or a stop sequence is `stop`; a cap reached (tokens,
-context, backtracks) is `length`; a request ended from outside (client gone, timeout, shutdown)
+"""Our finish reasons in vLLM's words: EOS or a stop sequence is `stop`; a cap reached (tokens or
+context) is `length`; a request ended from outside (client gone, timeout, shutdown)
 is `abort`, as vLLM names a request aborted before it finished."""
 ENGINE = "0"
 """The `engine` label: one engine per server process, as a single-engine vLLM reports."""
