@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-TAKEN = 0.3
+TAKEN = 0.5
 """Share of a core other processes must use for it to count as taken."""
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 """user, nice, system, irq, softirq, steal in a `/proc/stat` cpu line (idle, iowait excluded)."""
