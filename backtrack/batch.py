@@ -11,7 +11,8 @@ A backtrack costs no forward of its own: the rewound row's re-fed token is its i
 batched forward, beside every other row's new token. Prefill runs in chunks of at most
 `prefill_chunk_tokens` per step while other rows are decoding, so a long prompt never freezes the
 running streams. This is the only decode loop in the project: the server, evaluation and
-`backtrack.decoder.generate` all run through it.
+`backtrack.decoder.generate` all run through it (`backtrack.standalone_generate`, which every
+checkpoint carries for plain transformers, restates it with no project import; tests compare).
 """
 
 from __future__ import annotations

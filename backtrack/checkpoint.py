@@ -1,7 +1,9 @@
 """Backtrack checkpoints: a plain Hugging Face directory plus `backtrack.json`.
 
 `AutoModelForCausalLM.from_pretrained(dir)` loads one with no project code; the metadata file
-names the backtrack token, its id, the training objective and the training configuration.
+names the backtrack token, its id, the training objective and the training configuration. Beside
+it, `custom_generate/generate.py` makes `from_pretrained(dir, trust_remote_code=True).generate`
+backtrack (`backtrack.custom_generate`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from backtrack.custom_generate import write_custom_generate
 from backtrack.prompts import PromptEncoder, encoder_for_checkpoint
 from backtrack.tokens import BACKTRACK_TOKEN, backtrack_token_id
 
@@ -43,6 +46,17 @@ class CheckpointMetadata:
     """How training wrote prompts (`plain` or `chat`, see `backtrack.prompts`); the server and the
     evaluation encode prompts the same way. None: not trained here."""
     training_config: dict[str, Any] = field(default_factory=dict)
+    decoding: dict[str, Any] = field(default_factory=dict)
+    """Backtracking defaults of plain transformers' `generate` (`custom_generate`): any of `mode`,
+    `backtrack_policy`, `backtrack_threshold`, `max_backtracks`, `max_backtrack_depth`; a
+    call's keywords override them, and what is not set takes the server's defaults."""
+
+
+def save_checkpoint_files(directory: str | Path, metadata: CheckpointMetadata) -> Path:
+    """What makes a Hugging Face directory a backtrack checkpoint: `custom_generate/` for plain
+    transformers, then `backtrack.json` (last: its presence marks a complete checkpoint)."""
+    write_custom_generate(directory)
+    return save_metadata(directory, metadata)
 
 
 def save_metadata(directory: str | Path, metadata: CheckpointMetadata) -> Path:

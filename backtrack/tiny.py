@@ -85,7 +85,7 @@ def save_tiny_checkpoint(directory: str, seed: int = 0, initializer_range: float
     A large initializer range makes the random model's greedy output vary from token to token,
     which tests need; the default 0.02 gives near-uniform logits and one repeated character.
     """
-    from backtrack.checkpoint import CheckpointMetadata, save_metadata
+    from backtrack.checkpoint import CheckpointMetadata, save_checkpoint_files
     from backtrack.tokens import backtrack_token_id
 
     tokenizer = build_char_tokenizer()
@@ -98,5 +98,5 @@ def save_tiny_checkpoint(directory: str, seed: int = 0, initializer_range: float
     metadata = CheckpointMetadata(
         backtrack_token_id=bt_id, objective="rewind", prompt_format="plain"
     )
-    save_metadata(directory, metadata)
+    save_checkpoint_files(directory, metadata)
     return directory

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from backtrack.checkpoint import METADATA_FILE, CheckpointMetadata, save_metadata
+from backtrack.checkpoint import METADATA_FILE, CheckpointMetadata, save_checkpoint_files
 from training.config import BacktrackConfig, ModelConfig
 from training.modeling import load_pretrained
 
@@ -47,7 +47,7 @@ def convert(gguf_dir: Path, output: Path) -> Path:
         backtrack_token_id=start.backtrack_id,
         training_config={"source": f"{GGUF_FILE}, de-quantized, not fine-tuned"},
     )
-    save_metadata(output, metadata)  # last: its presence marks a complete conversion
+    save_checkpoint_files(output, metadata)  # backtrack.json last: it marks a complete conversion
     return output
 
 

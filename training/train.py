@@ -26,7 +26,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from backtrack.checkpoint import CheckpointMetadata, save_metadata
+from backtrack.checkpoint import CheckpointMetadata, save_checkpoint_files
 from backtrack.core_share import CoreShare, core_share_for
 from backtrack.threads import configure_threads
 from backtrack.tokens import embedding_rows
@@ -274,7 +274,7 @@ def write_checkpoint(
         prompt_format=prompt_encoder(config.data, start.tokenizer).format,
         training_config=config.to_dict(),
     )
-    save_metadata(output, metadata)
+    save_checkpoint_files(output, metadata)
     logger.info("checkpoint written to %s (%.0f s of training)", output, results["wall_seconds"])
 
 

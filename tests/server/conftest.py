@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from backtrack.checkpoint import CheckpointMetadata, save_metadata
+from backtrack.checkpoint import CheckpointMetadata, save_checkpoint_files
 from backtrack.tiny import EOS, build_char_tokenizer, tiny_llama_config
 from backtrack.tokens import BACKTRACK_TOKEN, backtrack_token_id
 from server.process import ServerHandle, running_server
@@ -85,7 +85,7 @@ def save_scripted_checkpoint(directory: Path, script: dict[str, list[str]]) -> P
     metadata = CheckpointMetadata(
         backtrack_token_id=bt_id, objective="rewind", prompt_format="plain"
     )
-    save_metadata(directory, metadata)
+    save_checkpoint_files(directory, metadata)
     return directory
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -40,8 +41,7 @@ def trained_ids(tokenizer) -> tuple[int, ...]:
 
 @pytest.fixture
 def checkpoint_copy(tmp_path, scripted_checkpoint_dir):
-    for item in scripted_checkpoint_dir.iterdir():
-        (tmp_path / item.name).write_bytes(item.read_bytes())
+    shutil.copytree(scripted_checkpoint_dir, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 

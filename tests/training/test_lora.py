@@ -11,10 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from backtrack.checkpoint import load_checkpoint
+from backtrack.custom_generate import CUSTOM_GENERATE_FILE, standalone_source
 from backtrack.decoder import generate
 from backtrack.params import GenerationParams
 from backtrack.tiny import build_char_tokenizer, build_tiny_llama, tiny_llama_config
 from backtrack.tokens import add_backtrack_token
+from tests.traces import custom_trace, decoder_trace, load_with_custom_generate
 from training import lora, train
 from training.config import LoraConfig, ModelConfig, load_config
 from training.modeling import starting_point
@@ -91,6 +93,14 @@ def test_the_merged_checkpoint_serves(run):
     results = json.loads((run / "train_results.json").read_text())
     assert 0 < results["trainable_parameters"] < results["parameters"]
     assert results["tokens_per_second_per_process"] > 0
+
+
+def test_the_merged_checkpoint_backtracks_in_plain_transformers(run):
+    assert (run / CUSTOM_GENERATE_FILE).read_bytes() == standalone_source()
+    loaded = load_checkpoint(run, torch.device("cpu"), torch.float32)
+    prompt = loaded.tokenizer("123+456=").input_ids
+    custom = custom_trace(load_with_custom_generate(run), prompt, max_new_tokens=6)
+    assert custom == decoder_trace(loaded, prompt, max_new_tokens=6)
 
 
 def untied_tiny():

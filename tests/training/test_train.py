@@ -10,7 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backtrack.checkpoint import load_checkpoint
+from backtrack.custom_generate import CUSTOM_GENERATE_FILE, standalone_source
 from backtrack.tokens import BACKTRACK_TOKEN
+from tests.traces import custom_trace, decoder_trace, load_with_custom_generate
 from training import evaluate, train
 from training.config import load_config
 from training.modeling import starting_point
@@ -54,6 +56,16 @@ def test_the_checkpoint_loads_as_a_servable_backtrack_checkpoint(checkpoint):
     assert loaded.metadata.task == "addition"
     assert loaded.metadata.training_config["model"]["hidden_size"] == 32
     assert loaded.backtrack_id == loaded.metadata.backtrack_token_id
+
+
+def test_the_checkpoint_backtracks_in_plain_transformers_as_the_server_does(checkpoint):
+    assert (checkpoint / CUSTOM_GENERATE_FILE).read_bytes() == standalone_source()
+    loaded = load_checkpoint(checkpoint, torch.device("cpu"), torch.float32)
+    model = load_with_custom_generate(checkpoint)
+    prompt = loaded.tokenizer("123+456=").input_ids
+    for params in ({}, {"backtrack_policy": "threshold", "backtrack_threshold": 0.02}):
+        expected = decoder_trace(loaded, prompt, max_new_tokens=8, **params)
+        assert custom_trace(model, prompt, max_new_tokens=8, **params) == expected
 
 
 def test_the_run_leaves_its_loss_curve_and_curriculum_log(checkpoint):
