@@ -21,7 +21,9 @@ from tests.docker.tools import (
     GRAFANA,
     PROMETHEUS_CONFIG,
     REPO,
+    REQUIRED_VARIABLES,
     compose_config,
+    compose_config_refusal,
 )
 
 
@@ -148,6 +150,42 @@ def test_replicas_sit_behind_a_load_balancer_on_the_server_port(gpu):
     assert ["proxy_buffering", "off"] in directives  # SSE events reach the client one by one
 
 
+NGINX_DEFAULT_BODY_LIMIT = "1m"
+"""nginx's client_max_body_size where the config sets none."""
+
+
+def nginx_size(value: str) -> int:
+    """An nginx size (`2000000`, `512k`, `2m`, `1g`) in bytes."""
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", value)
+    assert match, f"not an nginx size: {value}"
+    number, unit = match.groups()
+    return int(number) * 1024 ** " kmg".index(unit.lower() or " ")
+
+
+def test_the_load_balancer_admits_exactly_the_bodies_the_server_admits(gpu):
+    """Below the server's limit nginx would refuse (in HTML) what the server accepts; above it,
+    nginx would buffer bodies the server then refuses."""
+    scaled = compose_config(COMPOSE, COMPOSE_SCALE)["services"]
+    config = Path(mount(scaled["lb"], "/etc/nginx/nginx.conf")["source"]).read_text()
+    sizes = [d[1] for d in nginx_directives(config) if d[0] == "client_max_body_size"]
+    assert len(sizes) <= 1, sizes  # one limit for the one proxied location
+    server_limit = int(
+        scaled["server"]["environment"].get(
+            "BACKTRACK_MAX_REQUEST_BYTES", Settings.model_fields["max_request_bytes"].default
+        )
+    )
+    assert nginx_size((sizes or [NGINX_DEFAULT_BODY_LIMIT])[0]) == server_limit
+
+
+def test_the_nginx_size_reader_reads_nginx_units():
+    assert [nginx_size(v) for v in ("2000000", "1m", "512k", "1G")] == [
+        2_000_000,
+        1_048_576,
+        524_288,
+        1_073_741_824,
+    ]
+
+
 def test_the_documented_recipe_pins_a_replica_to_one_gpu(tmp_path):
     """docs/deployment.md's one-replica-per-GPU file resolves to a `server` replica on GPU 1 only."""
     readme = (REPO / "docs" / "deployment.md").read_text()
@@ -171,3 +209,42 @@ def test_every_port_is_published_on_loopback_by_default(gpu):
     published = [port for service in gpu.values() for port in service.get("ports", [])]
     assert published and all(port["host_ip"] == "127.0.0.1" for port in published)
     assert gpu["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+@pytest.mark.parametrize("unset", [{}, {"GRAFANA_ADMIN_PASSWORD": ""}], ids=["unset", "empty"])
+def test_compose_refuses_to_start_grafana_without_a_chosen_admin_password(unset):
+    """No `admin` default: an unset or empty password stops `docker compose` with its name."""
+    for files in ((COMPOSE,), (COMPOSE, COMPOSE_CPU), (COMPOSE, COMPOSE_SCALE)):
+        refusal = compose_config_refusal(*files, variables=unset)
+        assert "GRAFANA_ADMIN_PASSWORD" in refusal and "docker/.env" in refusal, refusal
+
+
+def test_grafana_gets_the_admin_password_the_user_chose(gpu):
+    chosen = REQUIRED_VARIABLES["GRAFANA_ADMIN_PASSWORD"]
+    assert gpu["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == chosen
+
+
+def host_addresses(services: dict) -> dict[str, set[str]]:
+    return {
+        name: {port["host_ip"] for port in service.get("ports", [])}
+        for name, service in services.items()
+        if service.get("ports")
+    }
+
+
+@pytest.mark.parametrize(
+    ("variable", "published"),
+    [
+        ("BACKTRACK_PUBLISH_ADDRESS", {"server", "lb"}),
+        ("PROMETHEUS_PUBLISH_ADDRESS", {"prometheus"}),  # no authentication at all
+        ("GRAFANA_PUBLISH_ADDRESS", {"grafana"}),
+    ],
+)
+def test_each_service_is_published_beyond_loopback_only_by_its_own_variable(variable, published):
+    """Exposing the server (with its API key) must not expose Prometheus and Grafana too."""
+    variables = {**REQUIRED_VARIABLES, variable: "0.0.0.0"}
+    for files in ((COMPOSE,), (COMPOSE, COMPOSE_SCALE)):
+        addresses = host_addresses(compose_config(*files, variables=variables)["services"])
+        exposed = {name for name, hosts in addresses.items() if hosts != {"127.0.0.1"}}
+        assert exposed == published & addresses.keys(), (files, addresses)
+        assert all(addresses[name] == {"0.0.0.0"} for name in exposed)

