@@ -40,7 +40,7 @@ def _table(*caps: Cap) -> dict[str, Cap]:
     return {cap.name: cap for cap in caps}
 
 
-MAX_TOKENS_FIELDS = ("max_new_tokens", "max_tokens", "max_completion_tokens")
+MAX_TOKENS_FIELDS = ("max_new_tokens", "max_tokens", "max_completion_tokens", "max_output_tokens")
 CAPS = _table(
     Cap("max_input_tokens", 1024, 1, "longest prompt accepted, in tokens"),
     Cap(
@@ -91,7 +91,7 @@ CAPS = _table(
         65536,
         1,
         "longest prompt (all chat messages together) in characters, refused before it is tokenised",
-        {"inputs": "maxLength", "prompt": "maxLength"},
+        {"inputs": "maxLength", "prompt": "maxLength", "input": "maxLength"},
     ),
 )
 """Every per-request cap, in the order the settings list them."""

@@ -1,4 +1,5 @@
-"""`POST /v1/completions`, `POST /v1/chat/completions` and `GET /v1/models`, as the openai SDK expects.
+"""`POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/responses` and `GET /v1/models`,
+as the openai SDK expects.
 
 OpenAI clients cannot erase text, so streams hold back every token a later backtrack could still
 delete (`hold_back_deletable`, default on): the concatenated deltas always equal the final text.
@@ -7,7 +8,9 @@ With it off, tokens stream at once and each deletion arrives as a chunk with emp
 
 Completions take one prompt or a list, as text or token ids (`list[int]`, `list[list[int]]`),
 and `n` choices per prompt; choice `index` is `prompt * n + j`, as OpenAI and vLLM number them.
-Each choice is its own request in the engine's batch.
+Each choice is its own request in the engine's batch. `/v1/responses` is OpenAI's Responses API
+over the same conversation rendering: one answer, as a `response` object or its typed events
+(`server.api.responses_protocol`, `server.api.responses_render`).
 
 `logprobs` (and chat `logprobs`/`top_logprobs`) are the model's own log-probabilities of the
 returned tokens given the prompt and the tokens before them, with the top alternatives: one extra
@@ -32,6 +35,9 @@ from server.api.errors import ApiError, OpenAIError, error_responses
 from server.api.openai_protocol import ChatCompletionRequest, CompletionRequest, openai_params
 from server.api.openai_render import OpenAIRenderer, generation_failed
 from server.api.responses import ChatCompletion, Completion
+from server.api.responses_objects import ResponseObject
+from server.api.responses_protocol import ResponsesRequest, responses_params
+from server.api.responses_render import ResponsesRenderer
 from server.api.streaming import collect, sse_response
 from server.limits import Limits
 from server.service import GenerationService
@@ -66,7 +72,9 @@ def encodable(text: str) -> bool:
     return True
 
 
-def check_model(body: CompletionRequest | ChatCompletionRequest, service: GenerationService) -> str:
+def check_model(
+    body: CompletionRequest | ChatCompletionRequest | ResponsesRequest, service: GenerationService
+) -> str:
     """The served id; any other `model` is answered 404, as vLLM does."""
     served = service.served.model_id
     if body.model is not None and not encodable(body.model):
@@ -156,6 +164,36 @@ async def chat_completions(
     top_n = (body.top_logprobs or 0) if body.logprobs else None
     render = ChatRenderer(model, service, prompts, top_n, include_usage(body))
     return await _serve(body, render, True, request, service, streaming, params)
+
+
+RESPONSE_OR_EVENTS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": ResponseObject,
+        "description": "The `response` object, or with `stream: true` its typed SSE events "
+        "(`response.created` ... `response.completed`, `response.incomplete` or "
+        "`response.failed`)",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+@router.post(
+    "/responses",
+    summary="OpenAI Responses API: text in, one message out, streaming or not",
+    responses=RESPONSE_OR_EVENTS,
+)
+async def responses(
+    body: ResponsesRequest, request: Request, service: Service, streaming: Streaming
+) -> Any:
+    model = check_model(body, service)
+    params = responses_params(body, service.limits)
+    ids = await service.encode_chat(body.messages(), "input")
+    render = ResponsesRenderer(model, body, params, len(ids))
+    choices = submit_all(service, [(ids, params)], True, render.endpoint, body.hold_back_deletable)
+    if body.stream:
+        return sse_response(choices, render.frames, streaming)
+    await collect(choices, request)
+    return render.answer(choices.finals[0])
 
 
 async def _serve(

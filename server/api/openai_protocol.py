@@ -162,18 +162,24 @@ class ChatCompletionRequest(OpenAIOptions):
     tools: list[Any] | None = Field(None, max_length=0)
 
 
-def openai_params(
-    body: CompletionRequest | ChatCompletionRequest, limits: Limits, max_tokens: int | None = None
-) -> GenerationParams:
+def openai_sampling(values: dict[str, Any], temperature: float | None) -> dict[str, Any]:
     """OpenAI semantics: sampling at temperature 1 by default; temperature 0 (or below
-    MIN_TEMPERATURE, like vLLM's cut-off) means greedy."""
-    values = vocabulary_values(body)
-    values.pop("temperature", None)
-    temperature = 1.0 if body.temperature is None else body.temperature
+    MIN_TEMPERATURE, like vLLM's cut-off) means greedy (OpenAI has no `do_sample`)."""
+    values = {name: value for name, value in values.items() if name != "temperature"}
+    temperature = 1.0 if temperature is None else temperature
     greedy = temperature < MIN_TEMPERATURE
     if not greedy:
         values["temperature"] = temperature
     values["do_sample"] = not greedy
+    return values
+
+
+def openai_params(
+    body: CompletionRequest | ChatCompletionRequest, limits: Limits, max_tokens: int | None = None
+) -> GenerationParams:
+    """OpenAI's sampling (`openai_sampling`), `stop` as a string or a list, `max_tokens` (or
+    chat's `max_completion_tokens`) named in its refusals."""
+    values = openai_sampling(vocabulary_values(body), body.temperature)
     values["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     name = "max_tokens"
     if max_tokens is None:

@@ -77,14 +77,17 @@ def _bound_token_ids(prop: dict[str, Any], limits: Limits) -> None:
 
 
 def _bound(prop: dict[str, Any], bounds: dict[str, int]) -> None:
-    """Put each bound on the branch of the property's type it applies to."""
-    for branch in prop.get("anyOf", [prop]):
+    """Put each bound on the branch of the property's type it applies to (a list's length
+    bound on its strings; a list of objects, such as messages, keeps its own schema)."""
+    for branch in prop.get("anyOf") or prop.get("oneOf") or [prop]:
         kind = branch.get("type")
         if kind == "array":
             if "maxItems" in bounds:
                 branch["maxItems"] = bounds["maxItems"]
-            if "maxLength" in bounds:
-                branch.setdefault("items", {})["maxLength"] = bounds["maxLength"]
+            items = branch.setdefault("items", {})
+            strings = items.get("type", "string") == "string" and "$ref" not in items
+            if "maxLength" in bounds and strings:
+                items["maxLength"] = bounds["maxLength"]
         elif kind == "string" and "maxLength" in bounds:
             branch["maxLength"] = bounds["maxLength"]
         elif kind == "integer" and "maximum" in bounds:

@@ -100,6 +100,7 @@ def test_chat_without_messages_is_422(client):
         ("/", {"inputs": PROMPT}),
         ("/v1/completions", {"prompt": PROMPT}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]}),
+        ("/v1/responses", {"input": PROMPT}),
     ],
 )
 @pytest.mark.parametrize("key", [None, "wrong"])
@@ -132,9 +133,8 @@ def test_info_describes_model_and_limits(client):
 
 def test_openapi_docs_are_served(client):
     schema = client.get("/openapi.json").json()
-    assert {"/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions"} <= set(
-        schema["paths"]
-    )
+    routes = {"/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions"}
+    assert routes | {"/v1/responses"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
 
 
