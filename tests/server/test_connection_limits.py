@@ -114,8 +114,10 @@ def test_no_key_is_401_before_the_body_is_read(guarded, path):
     assert status_of(reply) == 401
 
 
-def test_invalid_json_without_the_key_is_401_not_422(guarded):
-    reply = httpx.post(f"{guarded.url}/generate", content=b"{not json", timeout=WAIT)
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/v1/chat/completions"])
+def test_invalid_json_without_the_key_is_401_not_422(guarded, path):
+    headers = {"content-type": "application/json"}
+    reply = httpx.post(f"{guarded.url}{path}", content=b"{not json", headers=headers, timeout=WAIT)
     assert reply.status_code == 401
     assert reply.headers["www-authenticate"] == "Bearer"
 
