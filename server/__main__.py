@@ -4,6 +4,8 @@ Every flag has a `BACKTRACK_<NAME>` environment variable; `--help` lists them. A
 a checkpoint that cannot be served ends the process with a message and exit status 2 or 1.
 On SIGTERM the server stops taking requests, lets in-flight ones finish for `shutdown_timeout`
 seconds, then ends the rest with a `done` event whose finish reason is `shutdown`.
+Connections are bounded before any request reaches the app: `server.connection` (the request
+head's deadline and size) and uvicorn's `limit_concurrency` (`max_connections`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     from server.app import create_app  # after the settings: a bad flag fails without loading torch
+    from server.connection import guarded_protocol
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5,
+        http=guarded_protocol(settings.header_timeout),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        limit_concurrency=settings.max_connections,
     )
     uvicorn_server = _Server(config, settings, app)
     app.state.on_fatal = uvicorn_server.on_fatal

@@ -23,6 +23,7 @@ from backtrack.checkpoint import CheckpointError
 from server.api import admin, native, openai
 from server.api.body_limit import BodyLimit
 from server.api.errors import install_error_handlers
+from server.api.key_gate import ApiKeyGate
 from server.api.openapi_schema import LimitedSchemaApp
 from server.engine import Engine
 from server.limits import Limits
@@ -53,7 +54,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             settings.host,
         )
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes, timeout=settings.body_timeout)
+    app.add_middleware(ApiKeyGate, settings=settings)  # outside BodyLimit: no body before the key
     for module in (admin, native, openai):
         app.include_router(module.router)
     if admin.STATIC_DIR.is_dir():

@@ -97,6 +97,31 @@ class Settings(BaseSettings):
         ge=1,
         description="largest request body in bytes (TGI's payload_limit); beyond: 413",
     )
+    max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        description="largest request head (request line and headers) in bytes; beyond: 431 and "
+        "the connection closed",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a connection has to send a complete request head (from opening, or "
+        "from its previous response); beyond: closed",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a request has to send its whole body once its head is in; "
+        "beyond: 408 and the connection closed",
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="open connections (idle keep-alive ones and open streams included) and "
+        "requests in progress at once; beyond: 503 (uvicorn's limit_concurrency). Keep it well "
+        "above max_concurrent_requests + max_queue_size",
+    )
     health_stall_timeout: float = Field(
         60.0,
         gt=0,
@@ -119,10 +144,21 @@ class Settings(BaseSettings):
         description="seconds between keep-alive comments on a quiet SSE stream (0: none), "
         "so proxies' and clients' read timeouts need not exceed it",
     )
+    sse_send_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="seconds one SSE frame may wait for a client that does not read; beyond: "
+        "the stream is closed and its generation cancelled (0: wait for ever)",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="if set, generation needs 'Authorization: Bearer <key>' "
         "(surrounding whitespace is stripped)",
+    )
+    protect_metrics: bool = Field(
+        False,
+        description="with an API key, /metrics, /info, /docs and /openapi.json need it too "
+        "(/health and the web page stay open)",
     )
     api_key_file: Path | None = Field(
         None,

@@ -1,10 +1,15 @@
-"""Request bodies over `max_request_bytes` are refused (413) before any of them is parsed.
+"""Request bodies: at most `max_request_bytes`, all of it within `body_timeout` seconds.
 
-A declared `Content-Length` over the limit is refused at once; a chunked body is read up to the
-limit and refused as soon as it passes it, so no route ever holds a body larger than the limit.
+A declared `Content-Length` over the limit is refused (413) at once; any other body is read here,
+up to the limit and before the route runs, then handed on. A chunked body is refused as soon as
+it passes the limit, so no route ever holds a body larger than it; a body that has not fully
+arrived `body_timeout` seconds after the request head is answered 408 and its connection closed,
+so a slow sender cannot hold its buffer (and a connection) for ever.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,23 +18,28 @@ from server.api.errors import ApiError, error_response
 
 
 class BodyLimit:
-    """ASGI middleware: at most `limit` bytes of body per request."""
+    """ASGI middleware: at most `limit` bytes of body per request, within `timeout` seconds."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout: float) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
-        if declared is not None:
-            if declared > self.limit:
-                await self._refuse(scope, receive, send, declared)
-                return
-            await self.app(scope, receive, send)
+        if declared is not None and declared > self.limit:
+            await self._refuse(scope, receive, send, declared)
             return
-        body, complete = await _read_up_to(receive, self.limit)
+        try:
+            body, complete = await asyncio.wait_for(_read_up_to(receive, self.limit), self.timeout)
+        except TimeoutError:
+            message = (
+                f"body: the request body did not arrive within {self.timeout:g} s (body_timeout)"
+            )
+            error = ApiError(408, message, "timeout", "body", headers={"Connection": "close"})
+            await error_response(Request(scope, receive), error)(scope, receive, send)
+            return
         if not complete:
             await self._refuse(scope, receive, send, None)
             return
@@ -40,7 +50,7 @@ class BodyLimit:
         message = (
             f"body: request body is {got}; the limit is {self.limit} bytes (max_request_bytes)"
         )
-        error = ApiError(413, message, "validation", "body")
+        error = ApiError(413, message, "validation", "body", headers={"Connection": "close"})
         await error_response(Request(scope, receive), error)(scope, receive, send)
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from server.api.errors import ApiError
+from server.api.key_gate import key_matches, unauthorized
 from server.api.streaming import SSEOptions
 from server.service import GenerationService
 
@@ -36,6 +36,7 @@ def get_stream_options(request: Request) -> SSEOptions:
         ping_interval=settings.sse_ping_interval,
         shutdown_grace=settings.shutdown_timeout + SHUTDOWN_MARGIN,
         on_shutdown=drain,
+        send_timeout=settings.sse_send_timeout or None,
     )
 
 
@@ -43,17 +44,8 @@ Streaming = Annotated[SSEOptions, Depends(get_stream_options)]
 
 
 def require_api_key(request: Request) -> None:
-    """With an API key configured, generation needs `Authorization: Bearer <key>` (or x-api-key)."""
+    """The key check as a dependency, for routes mounted outside the app's `ApiKeyGate`
+    (which already refuses, before the body is read, every request to a protected path)."""
     expected = request.app.state.settings.api_key
-    if expected is None:
-        return
-    header = request.headers.get("authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    given = given or request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
-        raise ApiError(
-            401,
-            "missing or wrong API key: send 'Authorization: Bearer <key>'",
-            "unauthorized",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if expected is not None and not key_matches(request.headers, expected.get_secret_value()):
+        raise unauthorized()

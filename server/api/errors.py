@@ -100,11 +100,14 @@ def error_response(request: Request, error: ApiError) -> JSONResponse:
 
 def endpoint_label(request: Request) -> str:
     """The matched route's template, never the raw path: anyone can POST to made-up paths,
-    and one label value per path would grow /metrics and memory without bound."""
+    and one label value per path would grow /metrics and memory without bound. A request refused
+    before routing (the key gate, the body limits) has no matched route: its path is its label
+    if a route has that path."""
     path = getattr(request.scope.get("route"), "path", None)
     if isinstance(path, str):
         return path
     known = {getattr(route, "path", None) for route in request.app.routes}
+    known.update(request.app.openapi().get("paths", {}))  # routes of included routers too
     return request.url.path if request.url.path in known else "unmatched"
 
 

@@ -15,6 +15,10 @@ for `shutdown_grace` seconds. The event tells the engine to drain (`on_shutdown`
 requests, end those still running at the deadline with `finish_reason` "shutdown"), so every
 stream ends with its `done` event inside the grace period rather than being cut.
 
+Slow reader: a frame the client has not taken within `sse_send_timeout` seconds ends the response
+(sse-starlette's `send_timeout`), which cancels the generation as a disconnect does; the kernel's
+socket buffers fill first, so a client that merely reads slowly is not cut.
+
 Non-streaming: the generation races a task that waits for `http.disconnect`.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,6 +34,7 @@ from typing import Any, TypeVar
 import anyio
 from fastapi import Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
@@ -36,6 +42,7 @@ from backtrack.events import DoneEvent
 from server.api.errors import ApiError
 from server.bridge import CancellableStream
 
+log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 T = TypeVar("T")
 S = TypeVar("S", bound=CancellableStream[Any])
@@ -51,6 +58,8 @@ class SSEOptions:
     """Seconds a stream stays open after SIGTERM: longer than the engine's drain."""
     on_shutdown: Callable[[], None] | None = None
     """Called once SIGTERM is seen (drains the engine; idempotent)."""
+    send_timeout: float | None = None
+    """Seconds one frame may wait for a client that does not read; then the stream ends."""
 
 
 def sse_event(name: str, data: dict[str, Any]) -> ServerSentEvent:
@@ -96,6 +105,7 @@ def sse_response(
         sep="\n",
         shutdown_event=shutdown,
         shutdown_grace_period=options.shutdown_grace,
+        send_timeout=options.send_timeout,
     )
 
 
@@ -109,6 +119,8 @@ class CancellingResponse(EventSourceResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except SendTimeoutError:  # an OSError, so caught first: the client stopped reading
+            log.warning("closing a stream whose client took no frame for %s s", self.send_timeout)
         except OSError as error:  # ASGI 2.4: a vanished client fails `send`, as Starlette says
             raise ClientDisconnect() from error
         finally:

@@ -130,8 +130,11 @@ def test_concurrent_streams_share_batched_steps_and_the_metrics_add_up(server):
 def test_posts_to_made_up_paths_do_not_grow_the_metrics(server):
     """Labels are route templates: 200 made-up paths add one label set, not 200."""
     before = httpx.get(f"{server.url}/metrics").text.count("\n")
+    keyed = {"Authorization": f"Bearer {API_KEY}"}
     for index in range(200):
-        assert httpx.post(f"{server.url}/made-up/{index}", json={}).status_code == 404
+        reply = httpx.post(f"{server.url}/made-up/{index}", json={}, headers=keyed)
+        assert reply.status_code == 404
+        assert httpx.post(f"{server.url}/made-up/{index}", json={}).status_code == 401
     httpx.post(f"{server.url}/health", json={})  # 405 on a real path: its template
     samples = scrape(server.url)
     rejected = {
@@ -144,4 +147,6 @@ def test_posts_to_made_up_paths_do_not_grow_the_metrics(server):
         value(samples, "backtrack_rejected_requests_total", endpoint="unmatched", reason="http")
         >= 200
     )
+    unauthorized = {"endpoint": "unmatched", "reason": "unauthorized"}
+    assert value(samples, "backtrack_rejected_requests_total", **unauthorized) >= 200
     assert httpx.get(f"{server.url}/metrics").text.count("\n") <= before + 10

@@ -15,6 +15,7 @@ import pytest
 from sse_starlette import ServerSentEvent
 from starlette.requests import ClientDisconnect
 
+from backtrack.events import TokenEvent
 from server.api.streaming import SSEOptions, sse_response
 from server.engine import Stream
 
@@ -122,3 +123,26 @@ async def test_on_shutdown_the_engine_drains_and_the_stream_still_ends_with_done
     )
     assert drained.is_set()
     assert b"".join(sent).decode().endswith('event: done\ndata: {"finish_reason": "shutdown"}\n\n')
+
+
+@pytest.mark.anyio
+async def test_a_client_that_stops_reading_is_cut_after_send_timeout_and_its_job_cancelled():
+    """A reader that takes the headers and then no frame: the stream ends after `send_timeout`
+    instead of holding its slot until the generation ends (here: never)."""
+    stream = Stream(asyncio.get_running_loop(), threading.Condition())
+    stream.publish([TokenEvent(index=0, id=1, text="z", logprob=0.0)])
+    sent: list[dict] = []
+
+    async def stalled_send(message: dict) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            await asyncio.Event().wait()  # the client's window is full and stays full
+
+    async def never_leaves() -> dict:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    response = sse_response(stream, render, SSEOptions(ping_interval=0, send_timeout=0.2))
+    await asyncio.wait_for(response(scope("2.3"), never_leaves, stalled_send), timeout=15)
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert stream.cancel_requested
