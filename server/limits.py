@@ -12,6 +12,7 @@ The docs page's limits table is generated from it (`scripts/gen_reference.py`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,20 @@ CAPPED_PARAMETERS = ("max_backtracks", "max_backtrack_depth")
 """Generation parameters whose unset default is lowered to the server's cap (never refused)."""
 
 
+CHOICES_LIMIT = "max_choices_per_request"
+"""The `/info` key of the places one request may take: `max_request_share` of every place."""
+
+
+def choices_limit(share: float, slots: int, queue: int) -> int:
+    """The choices (prompts x n, one engine place each) one request may take: `share` of the
+    decoding slots plus queue places, at least one, so other clients always find room.
+
+    >>> choices_limit(0.5, 16, 64)
+    40
+    """
+    return max(1, math.floor(share * (slots + queue)))
+
+
 def limit_field(name: str) -> Any:
     """The settings field of cap `name`: its default, its minimum and its description."""
     cap = CAPS[name]
@@ -119,6 +134,8 @@ class Limits:
     max_backtracks: int = CAPS["max_backtracks"].default
     max_backtrack_depth: int = CAPS["max_backtrack_depth"].default
     max_scored_logprobs: int = CAPS["max_scored_logprobs"].default
+    max_choices_per_request: int = choices_limit(0.5, 16, 64)
+    """Choices (prompts x n) one request may ask for (`choices_limit` of the settings)."""
     model_id: str | None = None
     """The served model's id: the only `model` the OpenAI routes accept (the schema's enum)."""
     vocab_size: int | None = None
@@ -129,7 +146,10 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         caps = {name: getattr(settings, name) for name in CAPS}
-        return cls(**caps, model_id=settings.served_model_id)
+        share = choices_limit(
+            settings.max_request_share, settings.max_concurrent_requests, settings.max_queue_size
+        )
+        return cls(**caps, max_choices_per_request=share, model_id=settings.served_model_id)
 
     def cap(self, name: str) -> int:
         """The value in effect of the cap `name` (a key of `CAPS`)."""
@@ -140,6 +160,7 @@ class Limits:
         """Every cap by its name, as `/info` publishes them (the input token limit in effect,
         within the model's context, once the model is loaded)."""
         caps = {name: self.cap(name) for name in CAPS}
+        caps[CHOICES_LIMIT] = self.max_choices_per_request
         if self.max_prompt_tokens is not None:
             caps["max_input_tokens"] = self.max_prompt_tokens
         return caps
@@ -159,4 +180,5 @@ class Limits:
         for cap in CAPS.values():
             for request_field, keyword in cap.bounds.items():
                 bounds.setdefault(request_field, {})[keyword] = self.cap(cap.name)
+        bounds["n"] = {"maximum": self.max_choices_per_request}  # one prompt's n choices
         return bounds

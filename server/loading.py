@@ -13,9 +13,10 @@ from backtrack.batch import BatchDecoder, choose_layout
 from backtrack.checkpoint import CheckpointMetadata, load_checkpoint
 from backtrack.core_share import CoreShare, core_share_for
 from backtrack.device import resolve_device, resolve_dtype
-from backtrack.prompts import PromptEncoder, encoder_for_checkpoint
+from backtrack.prompts import PromptEncoder, SpecialTokens, encoder_for_checkpoint
 from backtrack.threads import configure_threads
 from server.settings import Settings
+from server.special_text import SpecialTokensInPrompts
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class ServedModel:
     """The most threads a forward uses."""
     core_share: CoreShare | None = None
     """Lowers the count while other processes keep our cores busy (None: the count is fixed)."""
+    special_tokens_in_prompts: SpecialTokensInPrompts = "parse"
+    """What a special token written in prompt text becomes (`server.special_text`)."""
 
     @property
     def backtrack_token(self) -> str:
@@ -71,7 +74,10 @@ class ServedModel:
     @property
     def prompts(self) -> PromptEncoder:
         """Prompts encoded as the checkpoint was trained (`backtrack.json` `prompt_format`)."""
-        return encoder_for_checkpoint(self.tokenizer, self.metadata.prompt_format)
+        # refused text never reaches the encoder; should any, it is read as characters
+        parse = self.special_tokens_in_prompts == "parse"
+        mode: SpecialTokens = "parse" if parse else "text"
+        return encoder_for_checkpoint(self.tokenizer, self.metadata.prompt_format, mode)
 
 
 def load_served_model(settings: Settings) -> ServedModel:
@@ -101,4 +107,5 @@ def load_served_model(settings: Settings) -> ServedModel:
         compile_step=settings.compile and kv_layout == "slots",
         threads=threads,
         core_share=core_share_for(settings.threads, threads),
+        special_tokens_in_prompts=settings.special_tokens_in_prompts,
     )

@@ -23,6 +23,7 @@ from server.engine import Engine
 from server.jobs import GenerationRequest
 from server.limits import Limits
 from server.loading import ServedModel
+from server.special_text import refuse_special_tokens, special_token_texts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,6 +89,17 @@ class GenerationService:
         """Ids TGI reports with `special: true` (EOS, pad, BOS, the backtrack token...)."""
         return frozenset(self.served.tokenizer.all_special_ids) | {self.served.backtrack_id}
 
+    @cached_property
+    def special_texts(self) -> list[str]:
+        """The special tokens' texts a prompt may not hold when they are refused."""
+        return special_token_texts(self.served.tokenizer, self.served.backtrack_token)
+
+    def _check_special(self, texts: dict[str, str]) -> None:
+        """422 for a special token written in user text, when `special_tokens_in_prompts` is
+        `refuse` (`server.special_text`)."""
+        if self.served.special_tokens_in_prompts == "refuse":
+            refuse_special_tokens(texts, self.special_texts)
+
     async def score(self, ids: list[int], start: int, top_n: int) -> list[ScoredToken]:
         """`score_tokens` on the engine's worker thread, between two decoding steps."""
         return await self.engine.call(partial(score_tokens, self.served, ids, start, top_n))
@@ -116,6 +128,7 @@ class GenerationService:
     async def encode_completion(self, text: str, field: str) -> list[int]:
         """A completion route's prompt as the model was trained on it; 422 when empty or long."""
         self._check_chars(len(text), field)
+        self._check_special({field: text})
         ids = await self._off_loop(self.served.prompts.completion, text)
         return self._within_limits(ids, field)
 
@@ -123,6 +136,7 @@ class GenerationService:
         """A conversation as the model was trained on prompts; 422 when empty, long, or refused
         by the chat template (roles that must alternate, a role it does not know)."""
         self._check_chars(sum(len(m["content"]) for m in messages), field)
+        self._check_special({f"{field}.{i}.content": m["content"] for i, m in enumerate(messages)})
         try:
             ids = await self._off_loop(self.served.prompts.chat, messages)
         except Exception as error:  # jinja2 TemplateError, ValueError, ... all mean bad input

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from backtrack.device import resolve_device
 from backtrack.validation import problems
 from server.limits import limit_field
+from server.special_text import SpecialTokensInPrompts
 
 
 class SettingsError(ValueError):
@@ -75,6 +76,14 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = limit_field("default_max_new_tokens")
     max_concurrent_requests: int = Field(16, ge=1, description="requests decoded at once")
     max_queue_size: int = Field(64, ge=0, description="requests waiting for a slot; beyond it: 429")
+    max_request_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of the places (max_concurrent_requests + max_queue_size) one request "
+        "may take with its choices (prompts x n); a request asking for more is refused (422), "
+        "so one request never shuts other clients out",
+    )
     max_batch_total_tokens: int = Field(
         65536,
         ge=1,
@@ -92,6 +101,12 @@ class Settings(BaseSettings):
     max_backtrack_depth: int = limit_field("max_backtrack_depth")
     max_scored_logprobs: int = limit_field("max_scored_logprobs")
     max_input_chars: int = limit_field("max_input_chars")
+    special_tokens_in_prompts: SpecialTokensInPrompts = Field(
+        "refuse",
+        description="a special token (the backtrack token, EOS...) written in prompt text: "
+        "refuse (422 naming the field), text (encoded as plain characters) or parse (becomes "
+        "the token, as vLLM and TGI do); chat templates' own tokens are always parsed",
+    )
     max_request_bytes: int = Field(
         2_000_000,
         ge=1,

@@ -52,6 +52,8 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
         "max_request_bytes": settings.max_request_bytes,
         "max_concurrent_requests": settings.max_concurrent_requests,
         "max_queue_size": settings.max_queue_size,
+        "max_request_share": settings.max_request_share,
+        "special_tokens_in_prompts": settings.special_tokens_in_prompts,
         "max_batch_total_tokens": settings.max_batch_total_tokens,
         "max_batch_prefill_tokens": settings.max_batch_prefill_tokens,
         "request_timeout": settings.request_timeout,

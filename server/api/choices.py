@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from backtrack.events import DoneEvent, Event
 from backtrack.params import MAX_SEED, GenerationParams
+from server.api.errors import ApiError
 from server.bridge import Stream
+from server.limits import Limits
 from server.service import GenerationService
 
 
@@ -23,6 +25,23 @@ class Prompt:
 
     ids: list[int]
     text: str
+
+
+def check_choices(prompts: int, n: int, limits: Limits) -> None:
+    """422 before any work when prompts x n passes `max_choices_per_request`: each choice takes
+    a place of its own, and such a request can never be admitted without shutting others out
+    (OpenAI also answers an `n` over its maximum as an invalid request, not as a rate limit)."""
+    asked, limit = prompts * n, limits.max_choices_per_request
+    if asked > limit:
+        raise ApiError(
+            422,
+            f"n: this request asks for {asked} choices ({prompts} prompts x n {n}); this server "
+            f"admits at most {limit} per request (max_choices_per_request, from "
+            "max_request_share of max_concurrent_requests + max_queue_size): lower n or send "
+            "fewer prompts",
+            "invalid_request_error",
+            "n",
+        )
 
 
 def choice_params(params: GenerationParams, number: int) -> GenerationParams:

@@ -8,9 +8,11 @@ With it off, tokens stream at once and each deletion arrives as a chunk with emp
 
 Completions take one prompt or a list, as text or token ids (`list[int]`, `list[list[int]]`),
 and `n` choices per prompt; choice `index` is `prompt * n + j`, as OpenAI and vLLM number them.
-Each choice is its own request in the engine's batch. `/v1/responses` is OpenAI's Responses API
-over the same conversation rendering: one answer, as a `response` object or its typed events
-(`server.api.responses_protocol`, `server.api.responses_render`).
+Each choice is its own request in the engine's batch, so one request may ask for at most
+`max_choices_per_request` of them (`max_request_share` of the places; `check_choices`, 422 on `n`).
+`/v1/responses` is OpenAI's Responses API over the same conversation rendering: one answer, as a
+`response` object or its typed events (`server.api.responses_protocol`,
+`server.api.responses_render`).
 
 `logprobs` (and chat `logprobs`/`top_logprobs`) are the model's own log-probabilities of the
 returned tokens given the prompt and the tokens before them, with the top alternatives: one extra
@@ -28,11 +30,12 @@ from fastapi import APIRouter, Depends, Request
 
 from backtrack.params import GenerationParams
 from server.api.chat_render import ChatRenderer
-from server.api.choices import Prompt, choice_params, submit_all
+from server.api.choices import Prompt, check_choices, choice_params, submit_all
 from server.api.completion_render import CompletionRenderer
 from server.api.deps import Service, Streaming, require_api_key
 from server.api.errors import ApiError, OpenAIError, error_responses
 from server.api.openai_protocol import ChatCompletionRequest, CompletionRequest, openai_params
+from server.api.openai_protocol import Prompt as PromptField
 from server.api.openai_render import OpenAIRenderer, generation_failed
 from server.api.responses import ChatCompletion, Completion
 from server.api.responses_objects import ResponseObject
@@ -83,6 +86,13 @@ def check_model(
     if body.model is not None and body.model != served:
         raise ApiError(404, f"The model `{body.model}` does not exist.", "NotFoundError", "model")
     return served
+
+
+def prompt_count(prompt: PromptField) -> int:
+    """How many prompts `prompt` holds, before any is tokenised."""
+    if isinstance(prompt, str) or all(isinstance(item, int) for item in prompt):
+        return 1
+    return len(prompt)
 
 
 async def completion_prompts(body: CompletionRequest, service: GenerationService) -> list[Prompt]:
@@ -136,6 +146,7 @@ async def completions(
     body: CompletionRequest, request: Request, service: Service, streaming: Streaming
 ) -> Any:
     model = check_model(body, service)
+    check_choices(prompt_count(body.prompt), body.n, service.limits)
     generate = body.max_tokens != 0
     params = openai_params(body, service.limits, max_tokens=None if generate else 1)
     prompts = [prompt for prompt in await completion_prompts(body, service) for _ in range(body.n)]
@@ -158,6 +169,7 @@ async def chat_completions(
         raise ApiError(
             422, "top_logprobs: needs logprobs set to true", "invalid_request_error", "top_logprobs"
         )
+    check_choices(1, body.n, service.limits)
     params = openai_params(body, service.limits)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     prompts = [Prompt(await service.encode_chat(messages, "messages"), "")] * body.n

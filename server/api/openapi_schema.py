@@ -90,5 +90,5 @@ def _bound(prop: dict[str, Any], bounds: dict[str, int]) -> None:
                 items["maxLength"] = bounds["maxLength"]
         elif kind == "string" and "maxLength" in bounds:
             branch["maxLength"] = bounds["maxLength"]
-        elif kind == "integer" and "maximum" in bounds:
-            branch["maximum"] = bounds["maximum"]
+        elif kind == "integer" and "maximum" in bounds:  # the tighter of the two bounds
+            branch["maximum"] = min(bounds["maximum"], branch.get("maximum", bounds["maximum"]))
