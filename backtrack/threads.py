@@ -81,6 +81,18 @@ def default_threads() -> int:
     return available_cpus()
 
 
+def serving_threads(cpus: int | None = None) -> int:
+    """The model's threads in a server: `OMP_NUM_THREADS` when the environment sets it, else
+    one fewer than the CPUs (`cpus`, default: those this process may use), at least one. The
+    server's other threads (the event loop writing every streamed token, tokenisation) need a
+    core too; sharing one with the model's threads makes every parallel region wait for the
+    scheduler (docs/engine.md: one 4x512 stream 199 tok/s on one thread, 92 on two, 2 cores)."""
+    named = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if cpus is None and named.isdigit() and int(named) > 0:
+        return int(named)
+    return max(1, (cpus if cpus is not None else available_cpus()) - 1)
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Size torch's pools: `threads` intra-op threads (default: `default_threads`) and one
     inter-op thread (one forward runs at a time). Returns the count."""

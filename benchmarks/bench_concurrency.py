@@ -68,6 +68,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from backtrack.threads import serving_threads
 from benchmarks.bench_http import save_checkpoint
 from benchmarks.peers import VLLM_MODEL_NAME, start_vllm, vllm_available
 from benchmarks.smollm2_checkpoint import smollm2_checkpoint, smollm2_missing
@@ -322,7 +323,9 @@ def run_backtrack(directory: Path, knobs: Knobs) -> dict[int, LevelFigures]:
         "model_id": OUR_MODEL_NAME,
         "log_level": "warning",
     }
-    env = {"OMP_NUM_THREADS": str(knobs.threads)}
+    # the server's own rule for its model threads (one core left to the HTTP side), applied to
+    # the cores every engine gets; on a machine of exactly that many cores, the product default
+    env = {"OMP_NUM_THREADS": str(serving_threads(knobs.threads))}
     with running_server(directory, SERVER_STARTUP_S, env=env, **settings) as server:
         return asyncio.run(
             measure_http_async(

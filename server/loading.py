@@ -14,7 +14,7 @@ from backtrack.checkpoint import CheckpointMetadata, load_checkpoint
 from backtrack.core_share import CoreShare, core_share_for
 from backtrack.device import resolve_device, resolve_dtype
 from backtrack.prompts import PromptEncoder, SpecialTokens, encoder_for_checkpoint
-from backtrack.threads import configure_threads
+from backtrack.threads import configure_threads, serving_threads
 from server.settings import Settings
 from server.special_text import SpecialTokensInPrompts
 
@@ -84,7 +84,7 @@ def load_served_model(settings: Settings) -> ServedModel:
     """Load the checkpoint named by the settings; raises CheckpointError with a clear message."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    threads = configure_threads(settings.threads)
+    threads = configure_threads(settings.threads or serving_threads())
     log.info("model threads: %d", threads)
     loaded = load_checkpoint(
         settings.checkpoint,

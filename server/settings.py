@@ -55,9 +55,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         None,
         ge=1,
-        description="threads for the model's forwards, fixed (default: the CPUs this process "
-        "may use, from its affinity and the cgroup CPU quota, one fewer for each core other "
-        "processes keep busy)",
+        description="threads for the model's forwards, fixed (default: one fewer than the CPUs "
+        "this process may use, from its affinity and the cgroup CPU quota, leaving a core to "
+        "the HTTP side, and one fewer again for each core other processes keep busy)",
     )
     kv_layout: Literal["auto", "slots", "padded"] = Field(
         "auto",

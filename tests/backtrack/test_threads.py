@@ -79,3 +79,19 @@ def test_importing_the_packages_bounds_the_spin_unless_the_environment_chose():
     assert waits_after_import() == ("-", threads.SHORT_SPIN)
     assert waits_after_import(OMP_WAIT_POLICY="ACTIVE") == ("ACTIVE", "-")
     assert waits_after_import(GOMP_SPINCOUNT="5") == ("-", "5")
+
+
+@pytest.mark.parametrize(("cpus", "model_threads"), [(1, 1), (2, 1), (4, 3), (16, 15)])
+def test_a_server_leaves_one_core_to_its_http_side(monkeypatch, cpus, model_threads):
+    """The event loop writes every streamed token: a model thread sharing its core waits for the
+    scheduler at every parallel region, so the model gets one core fewer (never none)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cpus", lambda *args: cpus)
+    assert threads.serving_threads() == model_threads
+    assert threads.serving_threads(cpus) == model_threads
+
+
+def test_a_server_takes_omp_num_threads_as_given(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(threads, "available_cpus", lambda *args: 2)
+    assert threads.serving_threads() == 2
