@@ -172,3 +172,48 @@ def wait_for_status(url: str, status: int, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} never answered {status}")
+
+
+def read_openai_stream(url: str, body: dict, started: threading.Event, out: list) -> None:
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as response:
+        events = iter_events(response.iter_bytes())
+        out.append(next(events).data)
+        started.set()
+        out.extend(event.data for event in events)
+
+
+def test_sigterm_gives_a_logprobs_stream_its_final_chunk_and_done(scripted_checkpoint_dir):
+    """Each streamed token's log-probabilities are a scoring call on the worker; the drain still
+    runs them, so a stream cut by the shutdown ends with its finish chunk and `[DONE]`, and a
+    non-streamed logprobs request admitted before SIGTERM gets its answer, not a 503."""
+    streamed = {
+        "prompt": LOOP_PROMPT,
+        "max_tokens": 4000,
+        "logprobs": 1,
+        "stream": True,
+    }
+    with running_server(scripted_checkpoint_dir, shutdown_timeout=2, max_new_tokens=4000) as server:
+        out: list[str] = []
+        started = threading.Event()
+        reader = threading.Thread(
+            target=read_openai_stream, args=(server.url, streamed, started, out)
+        )
+        reader.start()
+        assert started.wait(30)
+        answers: list[httpx.Response] = []
+        plain = {"prompt": LOOP_PROMPT, "max_tokens": 40, "logprobs": 1}
+        poster = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(f"{server.url}/v1/completions", json=plain, timeout=30)
+            )
+        )
+        poster.start()
+        time.sleep(0.3)  # the plain request is admitted before the signal
+        server.process.send_signal(signal.SIGTERM)
+        reader.join(30)
+        poster.join(30)
+        assert server.process.wait(30) in (0, -signal.SIGTERM)
+    assert out[-1] == "[DONE]"
+    assert '"finish_reason":"length"' in out[-2].replace(" ", "")
+    assert answers and answers[0].status_code == 200, answers[0].text if answers else "no answer"
+    assert answers[0].json()["choices"][0]["logprobs"]["tokens"]
