@@ -133,7 +133,9 @@ def visible_logits_are_fresh(model):
         for row in decoder.rows:
             if row.ready:
                 expected = fresh_logits(model, row.context_ids)
-                torch.testing.assert_close(row.next_logits, expected, atol=1e-4, rtol=1e-4)
+                # a batched forward sums in another order than a fresh one: float32 noise of
+                # ~1e-4 on these large-weight models; a wrong KV entry moves logits by ~1
+                torch.testing.assert_close(row.next_logits, expected, atol=1e-3, rtol=1e-3)
                 if row.params.mode == "rewind":
                     assert row.context_ids == row.prompt_ids + row.visible_ids
 
