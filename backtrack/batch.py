@@ -144,10 +144,15 @@ class BatchDecoder:
     # -- rows joining and leaving -------------------------------------------------------------
 
     def add(
-        self, prompt_ids: list[int], params: GenerationParams, hold_back_deletable: bool = False
+        self,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        hold_back_deletable: bool = False,
+        score_top: int | None = None,
     ) -> Row:
-        """A new row; it is prefilled by the coming steps (or `prefill`)."""
-        row = Row(self.setup, prompt_ids, params, hold_back_deletable)
+        """A new row; it is prefilled by the coming steps (or `prefill`). With `score_top`, each
+        token it appends carries its `TokenScore` with that many alternatives."""
+        row = Row(self.setup, prompt_ids, params, hold_back_deletable, score_top)
         self.rows.append(row)
         return row
 

@@ -27,6 +27,17 @@ class ProtocolViolation(ValueError):
 
 
 @dataclass(frozen=True)
+class TokenScore:
+    """A token's log-probability under the model's own distribution at its position (no
+    temperature, penalty or ban; BT included), and the most likely tokens there: what OpenAI's
+    `logprobs` report, taken from the decoding step's own logits."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+    """(id, logprob) of the most likely tokens at that position, best first."""
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     index: int
     """Position of the token in the visible output (0-based); a backtrack frees it for reuse."""
@@ -36,6 +47,9 @@ class TokenEvent:
     """The text the token adds (possibly empty while a multi-byte character is incomplete)."""
     logprob: float
     """Its log-probability under the distribution it was drawn from."""
+    score: TokenScore | None = field(default=None, compare=False, repr=False)
+    """Asked for by the request (`score_top`): its score from the step that drew it. Kept in
+    the process: the native stream does not send it."""
 
     kind: ClassVar[str] = "token"
 
@@ -101,7 +115,9 @@ EVENT_TYPES: dict[str, type[TokenEvent | BacktrackEvent | DoneEvent | ErrorEvent
 
 def event_payload(event: Event | ErrorEvent) -> dict[str, Any]:
     """The JSON body of an event as the native SSE stream sends it."""
-    return asdict(event)
+    payload = asdict(event)
+    payload.pop("score", None)
+    return payload
 
 
 def parse_event(name: str, data: str) -> Event | ErrorEvent | None:

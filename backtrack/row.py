@@ -41,9 +41,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from backtrack.detokenize import IncrementalDetokenizer
-from backtrack.events import DoneEvent, Event
+from backtrack.events import DoneEvent, Event, TokenScore
 from backtrack.params import GenerationParams
-from backtrack.sampling import RowSampling
+from backtrack.sampling import RowSampling, score_token
 from backtrack.stopping import find_stop, partial_stop_length
 from backtrack.stream import StreamView, VisibleOutput
 
@@ -97,6 +97,7 @@ class Row:
         prompt_ids: list[int],
         params: GenerationParams,
         hold_back_deletable: bool = False,
+        score_top: int | None = None,
     ) -> None:
         if not prompt_ids:
             raise ValueError("inputs must encode to at least one token")
@@ -105,6 +106,11 @@ class Row:
         self.prompt_ids = list(prompt_ids)
         self.detok = IncrementalDetokenizer(setup.tokenizer)
         self.logprobs: list[float] = []
+        self.score_top = score_top if params.mode == "rewind" else None
+        """Alternatives each appended token is scored with (`TokenEvent.score`); None: unscored.
+        Only in `rewind` mode is a token's context at its step the one it has in the final text
+        (`keep` leaves deleted tokens and BT in it), so only there does the step's score hold."""
+        self.scores: list[TokenScore | None] = []
         self.max_context = setup.max_context
         self.generator = _generator(params.seed)
         self.seed = self.generator.initial_seed()
@@ -254,6 +260,7 @@ class Row:
         index = len(self.visible_ids) - 1
         removed_id, removed_text = self.detok.pop()
         self.logprobs.pop()
+        self.scores.pop()
         self.counters.removed.append({"id": removed_id, "text": removed_text, "index": index})
         if self.params.mode == "rewind":
             self.context_ids.pop()
@@ -269,8 +276,12 @@ class Row:
         self.counters.sampled_tokens += 1
         if token in self.setup.eos_ids:
             return self._finish("eos")
+        score = None
+        if self.score_top is not None and self.next_logits is not None:
+            score = score_token(self.next_logits, token, self.score_top)
         added = len(self.detok.push(token))
         self.logprobs.append(logprob)
+        self.scores.append(score)
         self.counters.high_water = max(self.counters.high_water, len(self.visible_ids))
         stop_at = self._stop_position(added)
         if stop_at is not None:
@@ -297,7 +308,7 @@ class Row:
     # -- output ------------------------------------------------------------------------------
 
     def _visible(self) -> VisibleOutput:
-        return VisibleOutput(self.detok.ids, self.detok.texts, self.logprobs)
+        return VisibleOutput(self.detok.ids, self.detok.texts, self.logprobs, self.scores)
 
     def _release(self) -> list[Event]:
         """Show what can no longer be changed by a stop sequence (or, when asked, a deletion)."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from backtrack.events import TokenScore
 from backtrack.params import GenerationParams
 
 NEG_INF = float("-inf")
@@ -234,3 +235,16 @@ def decide(logits: torch.Tensor, rows: Sequence[RowSampling], backtrack_id: int)
         else:
             wants.append(index in drew_bt)
     return Choices(wants, tokens.tolist(), logprobs.tolist())
+
+
+def score_token(logits: torch.Tensor, token: int, top_n: int) -> TokenScore:
+    """`token`'s log-probability under the model's own distribution at this position (the
+    untempered, unpenalised, unbanned softmax of `logits`, BT included), and the `top_n` most
+    likely tokens there: the numbers a fresh forward over the same context gives (up to float
+    summation order), without that forward."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top: tuple[tuple[int, float], ...] = ()
+    if top_n:
+        values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]))
+        top = tuple(zip(indices.tolist(), values.tolist(), strict=True))
+    return TokenScore(float(logprobs[token]), top)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backtrack.events import BacktrackEvent, Event, TokenEvent
+from backtrack.events import BacktrackEvent, Event, TokenEvent, TokenScore
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class VisibleToken:
     id: int
     text: str
     logprob: float
+    score: TokenScore | None = None
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,14 @@ class VisibleOutput:
     ids: list[int]
     texts: list[str]
     logprobs: list[float]
+    scores: list[TokenScore | None]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> VisibleToken:
-        return VisibleToken(self.ids[index], self.texts[index], self.logprobs[index])
+        score = self.scores[index]
+        return VisibleToken(self.ids[index], self.texts[index], self.logprobs[index], score)
 
 
 class StreamView:
@@ -58,7 +61,7 @@ class StreamView:
         for index in range(len(self.shown), min(limit, len(visible))):
             token = visible[index]
             self.shown.append(token)
-            events.append(TokenEvent(index, token.id, token.text, token.logprob))
+            events.append(TokenEvent(index, token.id, token.text, token.logprob, token.score))
         return events
 
     def flush(self, visible: VisibleOutput, text_length: int) -> list[Event]:
@@ -71,6 +74,6 @@ class StreamView:
             token = visible[index]
             text = token.text[: max(0, text_length - shown_length)]
             shown_length += len(text)
-            self.shown.append(VisibleToken(token.id, text, token.logprob))
-            events.append(TokenEvent(index, token.id, text, token.logprob))
+            self.shown.append(VisibleToken(token.id, text, token.logprob, token.score))
+            events.append(TokenEvent(index, token.id, text, token.logprob, token.score))
         return events

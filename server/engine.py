@@ -117,13 +117,14 @@ class Engine:
         fallback = nothing_kept(request, "timeout")
         return Stream(asyncio.get_running_loop(), self._wake, give_up, fallback)
 
-    def call(self, function: Callable[[], T]) -> asyncio.Future[T]:
+    def call(self, function: Callable[[], T], holds_place: bool = False) -> asyncio.Future[T]:
         """Run `function` (scoring for `logprobs`) on the worker between two steps, in a queue
-        place (`server.calls`); a drain still runs it, so admitted requests get their scores."""
+        place (`server.calls`) unless its caller's running request `holds_place`; a drain still
+        runs it, so admitted requests get their scores."""
         with self._wake:
             if not self._thread.is_alive() or self._broken:
                 raise EngineDown("the engine worker stopped; this replica needs a restart")
-            if self._places_taken() >= self.max_running + self.max_waiting:
+            if not holds_place and self._places_taken() >= self.max_running + self.max_waiting:
                 raise self._full()
             future = self._calls.add(function)
             self.metrics.set_waiting(len(self._waiting) + len(self._calls))
@@ -331,7 +332,7 @@ class Engine:
         request = job.request
         try:
             job.row = self.decoder.add(
-                request.prompt_ids, request.params, request.hold_back_deletable
+                request.prompt_ids, request.params, request.hold_back_deletable, request.score_top
             )
         except Exception:
             log.exception("starting the request failed")

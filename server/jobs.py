@@ -26,6 +26,8 @@ class GenerationRequest:
     """Never emit a token a later backtrack could delete (for clients that cannot erase)."""
     timeout: float | None = None
     """Seconds from arrival before the request ends with finish_reason `timeout`."""
+    score_top: int | None = None
+    """Score each token from its own step, with this many alternatives (OpenAI `logprobs`)."""
 
     def reserved_tokens(self, max_context: int) -> int:
         """The most KV entries this request can hold: prompt + visible (+ BTs and deleted tokens

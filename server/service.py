@@ -100,9 +100,13 @@ class GenerationService:
         if self.served.special_tokens_in_prompts == "refuse":
             refuse_special_tokens(texts, self.special_texts)
 
-    async def score(self, ids: list[int], start: int, top_n: int) -> list[ScoredToken]:
-        """`score_tokens` on the engine's worker thread, between two decoding steps."""
-        return await self.engine.call(partial(score_tokens, self.served, ids, start, top_n))
+    async def score(
+        self, ids: list[int], start: int, top_n: int, holds_place: bool = False
+    ) -> list[ScoredToken]:
+        """`score_tokens` on the engine's worker thread, between two decoding steps; in a queue
+        place of its own unless the caller's stream `holds_place` (`Engine.call`)."""
+        scoring = partial(score_tokens, self.served, ids, start, top_n)
+        return await self.engine.call(scoring, holds_place)
 
     def check_token_ids(self, ids: list[int], field: str) -> list[int]:
         """A token-id prompt, used as given (nothing added): 422 for an id the model cannot
@@ -172,14 +176,17 @@ class GenerationService:
         params: GenerationParams,
         endpoint: str,
         hold_back_deletable: bool,
+        score_top: int | None = None,
     ) -> Stream:
-        """Queue the request; QueueFull / ShuttingDown propagate (429 / 503)."""
+        """Queue the request; QueueFull / ShuttingDown propagate (429 / 503). With `score_top`,
+        each token event carries its score from the step that drew it (`TokenEvent.score`)."""
         request = GenerationRequest(
             prompt_ids=prompt_ids,
             params=params,
             endpoint=endpoint,
             hold_back_deletable=hold_back_deletable,
             timeout=self.request_timeout,
+            score_top=score_top,
         )
         return self.engine.submit(request)
 

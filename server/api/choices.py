@@ -110,15 +110,18 @@ def submit_all(
     generate: bool,
     endpoint: str,
     hold_back_deletable: bool,
+    score_top: int | None = None,
 ) -> Choices:
     """Queue every choice (its prompt's ids, its parameters); should one be refused (429, 503),
-    those already queued are cancelled. Without `generate` nothing is queued (max_tokens 0)."""
+    those already queued are cancelled. Without `generate` nothing is queued (max_tokens 0).
+    `score_top`: each token is scored from its own step, with that many alternatives."""
     streams: list[Stream | None] = []
     try:
         for ids, params in choices:
-            streams.append(
-                service.submit(ids, params, endpoint, hold_back_deletable) if generate else None
-            )
+            stream = None
+            if generate:
+                stream = service.submit(ids, params, endpoint, hold_back_deletable, score_top)
+            streams.append(stream)
     except Exception:
         for stream in streams:
             if stream is not None:

@@ -28,7 +28,7 @@ class CompletionRenderer(OpenAIRenderer):
     async def opening_frames(self, index: int) -> AsyncIterator[ServerSentEvent]:
         if self.echo:  # the prompt comes first, as its own chunk
             prompt = self.prompts[index]
-            logprobs = await self.logprobs(prompt, [])
+            logprobs = await self.logprobs(prompt, [], streaming=True)
             yield sse_data(self.chunk(index, prompt.text, logprobs=logprobs))
 
     def format_logprobs(

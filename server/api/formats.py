@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backtrack.events import Event, VisibleText
+from backtrack.events import Event, TokenScore, VisibleText
 
 
 @dataclass(frozen=True)
@@ -12,6 +12,8 @@ class FinalToken:
     id: int
     text: str
     logprob: float
+    score: TokenScore | None = None
+    """Its score from the step that drew it, when the request asked (`TokenEvent.score`)."""
 
     def tgi(self, special_ids: frozenset[int] = frozenset()) -> dict:
         special = self.id in special_ids
@@ -23,4 +25,4 @@ def final_tokens(events: list[Event]) -> list[FinalToken]:
     visible = VisibleText()
     for event in events:
         visible.apply(event)
-    return [FinalToken(token.id, token.text, token.logprob) for token in visible.tokens]
+    return [FinalToken(t.id, t.text, t.logprob, t.score) for t in visible.tokens]

@@ -15,11 +15,13 @@ Each choice is its own request in the engine's batch, so one request may ask for
 `server.api.responses_render`).
 
 `logprobs` (and chat `logprobs`/`top_logprobs`) are the model's own log-probabilities of the
-returned tokens given the prompt and the tokens before them, with the top alternatives: one extra
-forward over prompt + final text on the engine's worker thread (`GenerationService.score`), so a
-deleted token is never part of them and each kept token is scored in the context it has in the
-final text (its context when it was drawn, in `rewind` mode). `echo` adds the prompt's tokens
-(the first one with logprob null), which is how evaluation harnesses score likelihoods.
+returned tokens given the prompt and the tokens before them, with the top alternatives. In
+`rewind` mode a kept token's context when it was drawn is its context in the final text, so its
+figures come from the step that drew it (`TokenEvent.score`: no extra forward, streamed or not);
+in `keep` mode (deleted tokens and BT stay in the context) one extra forward over prompt + final
+text scores them on the engine's worker thread (`GenerationService.score`). A deleted token is
+never part of them. `echo` adds the prompt's tokens (the first one with logprob null), scored by a
+forward over the prompt, which is how evaluation harnesses score likelihoods.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ async def completion_prompts(body: CompletionRequest, service: GenerationService
 
 def check_scoring(render: OpenAIRenderer, max_tokens: int, limits: Limits) -> None:
     """422 before any work when the log-probabilities asked for pass `max_scored_logprobs`:
-    one line per choice, scored token and alternative, each scored by a forward."""
+    one line of the answer per choice, scored token and alternative (an echoed prompt is also
+    scored by a forward of its own), so an answer's size is bounded before it is generated."""
     if render.top_n is None:
         return
     scored = sum((len(prompt.ids) if render.echo else 0) + max_tokens for prompt in render.prompts)
@@ -223,7 +226,9 @@ async def _serve(
         (prompt.ids, choice_params(params, number % body.n))
         for number, prompt in enumerate(render.prompts)
     ]
-    streams = submit_all(service, choices, generate, render.endpoint, body.hold_back_deletable)
+    streams = submit_all(
+        service, choices, generate, render.endpoint, body.hold_back_deletable, render.top_n
+    )
     if body.stream:
         return sse_response(streams, render.frames, streaming)
     items, _ = await collect(streams, request)

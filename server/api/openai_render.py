@@ -6,8 +6,9 @@ and `ChatRenderer` (`server.api.chat_render`) dress a choice as a `text_completi
 message, each in its own module.
 
 `logprobs` are the model's own log-probabilities of the returned tokens given the prompt and the
-tokens before them: one extra forward over prompt + final text on the engine's worker thread
-(`GenerationService.score`), so a deleted token is never part of them.
+tokens before them: from the step that drew each token where it carries its score (`rewind` mode,
+`TokenEvent.score`), else one extra forward over prompt + final text on the engine's worker thread
+(`GenerationService.score`); a deleted token is never part of them.
 
 A choice's `finish_reason` is OpenAI's (`stop | length`), ours beside it in
 `backtrack_finish_reason` (`server.api.finish_reasons`). A failed choice fails the answer: a 500,
@@ -27,7 +28,7 @@ from backtrack.events import BacktrackEvent, DoneEvent, Event, TokenEvent, event
 from server.api.choices import Choices, Prompt
 from server.api.errors import ApiError
 from server.api.finish_reasons import EXTENSION_FIELD, openai_finish_reason
-from server.api.formats import final_tokens
+from server.api.formats import FinalToken, final_tokens
 from server.api.streaming import sse_data
 from server.service import GenerationService, ScoredToken
 
@@ -82,30 +83,48 @@ class OpenAIRenderer:
 
     # -- logprobs ------------------------------------------------------------------------------
 
-    async def _scored(self, prompt: Prompt, generated: list[int], start: int) -> list[ScoredToken]:
+    async def _scored(
+        self, prompt: Prompt, generated: list[int], start: int, streaming: bool = False
+    ) -> list[ScoredToken]:
+        """A scoring forward; a stream's own request already holds a place for it."""
         assert self.top_n is not None
-        return await self.service.score(prompt.ids + generated, start, self.top_n)
+        return await self.service.score(prompt.ids + generated, start, self.top_n, streaming)
 
-    async def logprobs(self, prompt: Prompt, tokens: list[tuple[int, str]]) -> JsonObject | None:
-        """The `logprobs` of a choice's `tokens` (id, text), with the prompt's when it is shown."""
+    async def logprobs(
+        self, prompt: Prompt, tokens: list[FinalToken], streaming: bool = False
+    ) -> JsonObject | None:
+        """The `logprobs` of a choice's final `tokens`, with the prompt's when it is shown."""
         if self.top_n is None:
             return None
-        shown = self.echo
-        ids = [token for token, _ in tokens]
-        scored = await self._scored(prompt, ids, 0 if shown else len(prompt.ids))
-        texts = [text for _, text in tokens]
-        if shown:
+        texts = [token.text for token in tokens]
+        scored = await self._generated_scores(prompt, [], tokens, streaming)
+        if self.echo:  # the prompt's own positions: a forward over the prompt alone
+            scored = await self._scored(prompt, [], 0, streaming) + scored
             texts = [self.service.token_text(token) for token in prompt.ids] + texts
         return self.format_logprobs(scored, texts, 0)  # offsets into the choice's text
+
+    async def _generated_scores(
+        self, prompt: Prompt, before: list[int], tokens: list[FinalToken], streaming: bool = False
+    ) -> list[ScoredToken]:
+        """The scores of generated `tokens` that follow `before`: each from its own step where
+        it carries one, else from a forward over prompt + `before` + `tokens`."""
+        if all(token.score is not None for token in tokens):
+            return [
+                ScoredToken(token.id, token.score.logprob, list(token.score.top))
+                for token in tokens
+                if token.score is not None
+            ]
+        ids = before + [token.id for token in tokens]
+        return await self._scored(prompt, ids, len(prompt.ids) + len(before), streaming)
 
     async def _streamed_logprobs(
         self, index: int, shown: list[TokenEvent], event: TokenEvent
     ) -> JsonObject:
-        """The logprobs of one streamed token: a forward over prompt + the tokens shown so far
-        (one per token: streaming with logprobs costs a prompt-long forward per token)."""
+        """The logprobs of one streamed token: its own step's, or (unscored, `keep` mode) a
+        forward over prompt + the tokens shown so far."""
         prompt = self.prompts[index]
-        ids = [token.id for token in shown] + [event.id]
-        scored = await self._scored(prompt, ids, len(prompt.ids) + len(shown))
+        token = FinalToken(event.id, event.text, event.logprob, event.score)
+        scored = await self._generated_scores(prompt, [t.id for t in shown], [token], True)
         offset = (len(prompt.text) if self.echo else 0) + sum(len(token.text) for token in shown)
         return self.format_logprobs(scored, [event.text], offset)
 
@@ -118,8 +137,7 @@ class OpenAIRenderer:
         for index in sorted(finals):
             done, prompt = finals[index], self.prompts[index]
             choice: JsonObject = {"index": index, **finish_fields(done)}
-            tokens = [(token.id, token.text) for token in final_tokens(events[index])]
-            logprobs = await self.logprobs(prompt, tokens)
+            logprobs = await self.logprobs(prompt, final_tokens(events[index]))
             choices.append({**choice, **self.answer_text(done, prompt), "logprobs": logprobs})
         dones = [finals[index] for index in sorted(finals)]
         return {

@@ -28,7 +28,7 @@ def test_a_field_added_to_an_event_reaches_the_client_parser(monkeypatch):
 
     monkeypatch.setitem(server_events.EVENT_TYPES, "token", Token)
     data = json.dumps({"index": 0, "id": 5, "text": "a", "logprob": -0.5, "special": True})
-    assert parse_event(ServerSentEvent("token", data)) == Token(0, 5, "a", -0.5, True)
+    assert parse_event(ServerSentEvent("token", data)) == Token(0, 5, "a", -0.5, special=True)
 
 
 def test_unknown_fields_are_ignored_and_unknown_events_skipped():

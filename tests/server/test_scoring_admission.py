@@ -4,6 +4,7 @@ queue place, is refused with 429 when none is left, and is skipped when its call
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from clients.sse import iter_events
 from server.calls import PendingCall
 from server.process import ServerHandle, running_server
-from tests.server.conftest import API_KEY, LOOP_PROMPT, PROMPT
+from tests.server.conftest import API_KEY, EXPECTED_TEXT, LOOP_PROMPT, PROMPT
 from tests.server.test_faults import idle, wait_for
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -93,3 +94,67 @@ def test_a_call_whose_caller_left_is_not_run():
 
     asyncio.run(scenario())
     assert ran == []
+
+
+def streamed_logprobs(client: httpx.Client, path: str, body: dict) -> tuple[str, list[dict]]:
+    """A streamed OpenAI answer's text and every chunk's `logprobs`; it must end with `[DONE]`."""
+    chunks, text = [], ""
+    with client.stream("POST", path, json={**body, "stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        events = list(iter_events(response.iter_bytes()))
+    assert events[-1].data == "[DONE]"
+    for event in events[:-1]:
+        chunk = json.loads(event.data)
+        assert "error" not in chunk, chunk
+        for choice in chunk["choices"]:
+            text += choice.get("text") or choice.get("delta", {}).get("content") or ""
+            if choice["logprobs"]:
+                chunks.append(choice["logprobs"])
+    return text, chunks
+
+
+@pytest.mark.parametrize("mode", ["rewind", "keep"])
+def test_a_stream_with_logprobs_needs_no_second_place(one_place, mode):
+    """A streamed token's logprobs come from the step that drew it (rewind) or from a forward
+    its own running request holds the place for (keep): a stream that took the only place is
+    served whole, where a scoring call per token would be refused mid-stream."""
+    chat = {
+        "messages": [{"role": "user", "content": LOOP_PROMPT}],
+        "logprobs": True,
+        "top_logprobs": 2,
+        "max_tokens": 6,
+        "mode": mode,
+    }
+    completion = {"prompt": LOOP_PROMPT, "logprobs": 2, "echo": True, "max_tokens": 6}
+    completion["mode"] = mode
+    with httpx.Client(base_url=one_place.url, timeout=30) as client:
+        chat_text, chat_chunks = streamed_logprobs(client, "/v1/chat/completions", chat)
+        text, completion_chunks = streamed_logprobs(client, "/v1/completions", completion)
+    content = [entry for chunk in chat_chunks for entry in chunk["content"]]
+    assert chat_text and "".join(entry["token"] for entry in content) == chat_text
+    assert all(len(entry["top_logprobs"]) == 2 for entry in content)
+    tokens = [token for chunk in completion_chunks for token in chunk["tokens"]]
+    assert text == LOOP_PROMPT + "z" * 6  # the echoed prompt, then the answer
+    assert "".join(tokens) == text
+
+
+def test_step_scores_match_the_scoring_forward(one_place):
+    """The same figures as before: a non-streamed answer's logprobs (from its steps) equal the
+    echo scoring forward over prompt + answer (max_tokens 0), which is what lm-eval reads."""
+    with httpx.Client(base_url=one_place.url, timeout=30) as client:
+        answer = client.post(
+            "/v1/completions", json={"prompt": PROMPT, "logprobs": 3, "max_tokens": 6}
+        ).json()["choices"][0]
+        scored = client.post(
+            "/v1/completions",
+            json={"prompt": PROMPT + answer["text"], "logprobs": 3, "max_tokens": 0, "echo": True},
+        ).json()["choices"][0]
+    generated, whole = answer["logprobs"], scored["logprobs"]
+    count = len(generated["tokens"])
+    assert "".join(generated["tokens"]) == EXPECTED_TEXT
+    assert whole["tokens"][-count:] == generated["tokens"]
+    step, forward = generated["token_logprobs"], whole["token_logprobs"][-count:]
+    assert step == pytest.approx(forward, abs=1e-3)
+    for ours, theirs in zip(generated["top_logprobs"], whole["top_logprobs"][-count:], strict=True):
+        assert set(ours) == set(theirs)
+        assert list(ours.values()) == pytest.approx(list(theirs.values()), abs=1e-3)
