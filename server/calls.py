@@ -4,13 +4,17 @@
 The worker owns the model, so those forwards queue here and run between two batched steps.
 They take queue places like waiting requests (the engine refuses a call with 429 when every
 place is taken, and its queue gauge counts them), and a call whose caller has gone (its future
-cancelled: the client left) is dropped unrun.
+cancelled: the client left) is dropped unrun. While a batch is decoding, the worker runs them
+for at most about as long as its last step took (at least one per turn), so a flood of scoring
+slows the running streams by a bounded factor instead of stalling them behind every forward.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +58,18 @@ class WorkerCalls:
         self._pending.append(PendingCall(function, future, loop))
         return future
 
-    def take_all(self) -> list[PendingCall]:
-        calls, self._pending = list(self._pending), deque()
-        return calls
+    def run_for(
+        self, lock: threading.Condition, seconds: float, on_change: Callable[[], None]
+    ) -> None:
+        """Run pending calls in arrival order, each taken under `lock` (then `on_change`, which
+        refreshes the queue gauge), until `seconds` have passed; at least one runs."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with lock:
+                call = self._pending.popleft() if self._pending else None
+                on_change()
+            if call is None:
+                return
+            call.run()
+            if time.monotonic() >= deadline:
+                return

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -73,6 +74,7 @@ class Engine:
         self._faults_in_a_row = 0
         self._broken: str | None = None
         self._calls = WorkerCalls()
+        self._step_seconds = 0.0
         self._thread = threading.Thread(target=self._work, name="engine", daemon=True)
         metrics.set_kv_budget(max_batch_total_tokens)
 
@@ -86,10 +88,8 @@ class Engine:
         self._thread.start()
 
     def submit(self, request: GenerationRequest) -> Stream:
-        """Queue a request; raises QueueFull or ShuttingDown at once instead of waiting.
-
-        A request that could never fit the KV budget is refused (InvalidParameter, 422).
-        """
+        """Queue a request; raises QueueFull or ShuttingDown at once instead of waiting. A
+        request that could never fit the KV budget is refused (InvalidParameter, 422)."""
         reserved = request.reserved_tokens(self.served.max_context)
         if reserved > self.max_batch_total_tokens:
             raise InvalidParameter(
@@ -106,7 +106,7 @@ class Engine:
             if self._places_taken() >= self.max_running + self.max_waiting:
                 raise self._full()
             self._waiting.append(Job(request, stream, reserved))
-            self.metrics.set_waiting(len(self._waiting))
+            self._count_waiting()
             self._wake.notify()
         return stream
 
@@ -127,7 +127,7 @@ class Engine:
             if not holds_place and self._places_taken() >= self.max_running + self.max_waiting:
                 raise self._full()
             future = self._calls.add(function)
-            self.metrics.set_waiting(len(self._waiting) + len(self._calls))
+            self._count_waiting()
             self._wake.notify()
         return future
 
@@ -142,15 +142,15 @@ class Engine:
         )
 
     def _run_calls(self) -> None:
-        with self._wake:
-            calls = self._calls.take_all()
-            self.metrics.set_waiting(len(self._waiting))
-        for call in calls:
-            call.run()
+        """Scoring for about as long as the last step took, all of it when nothing decodes."""
+        budget = self._step_seconds if self.decoder.rows else math.inf
+        self._calls.run_for(self._wake, budget, self._count_waiting)
+
+    def _count_waiting(self) -> None:
+        self.metrics.set_waiting(len(self._waiting) + len(self._calls))
 
     def begin_shutdown(self, grace: float) -> None:
         """Refuse new requests; requests still running after `grace` seconds end (`shutdown`).
-
         A second call (a second SIGTERM) never moves the deadline later."""
         with self._wake:
             deadline = time.monotonic() + grace
@@ -279,7 +279,7 @@ class Engine:
     def _fail_everything(self) -> None:
         with self._wake:
             waiting, self._waiting = list(self._waiting), deque()
-            self.metrics.set_waiting(len(self._calls))
+            self._count_waiting()
         for job in [*waiting, *self._running]:
             with contextlib.suppress(Exception):
                 self._fail(job)
@@ -301,7 +301,6 @@ class Engine:
 
     def _admit(self) -> list[Job]:
         """Move waiting jobs into the batch while slots and KV budget last (lock held).
-
         First come, first served: a large request at the head waits for room rather than being
         overtaken forever. Jobs cancelled or out of time while waiting are taken too, so
         `_start` ends them now rather than when room frees.
@@ -318,7 +317,7 @@ class Engine:
             job.holds_reservation = True
             admitted.append(job)
         self._running.extend(admitted)
-        self.metrics.set_waiting(len(self._waiting) + len(self._calls))
+        self._count_waiting()
         self.metrics.set_running(len(self._running))
         self.metrics.kv_cache_reserved_tokens.set(self._reserved)
         return admitted
@@ -345,6 +344,7 @@ class Engine:
         """One batched step. A failing step raises into `_work`, which ends every running row
         with `error` and counts the fault, so steps that keep failing break the engine."""
         report = self.decoder.step()
+        self._step_seconds = report.decode_seconds + report.prefill_seconds
         with contextlib.suppress(Exception):  # metrics never end a request
             self.metrics.record_step(report)
         outgoing = []

@@ -339,3 +339,49 @@ async def test_a_post_after_sigterm_is_503_with_retry_after(make_engine, served)
             response = await client.post(route, json=body)
             assert response.status_code == 503
             assert response.headers["retry-after"] == "5"
+
+
+@pytest.mark.anyio
+async def test_a_flood_of_scoring_calls_does_not_stall_a_running_stream(make_engine, served):
+    """Scoring runs between steps for about as long as a step takes (at least one call a turn):
+    calls that each take far longer than a step are spread one per turn, so the stream keeps
+    getting tokens while they run, where running them all before the next step would stall it
+    for the whole flood."""
+    engine = make_engine(max_running=2, max_waiting=16)
+    order: list[str] = []
+
+    def slow_call() -> None:
+        time.sleep(0.05)
+        order.append("call")
+
+    stream = engine.submit(loop_request(served, 400))
+    assert isinstance(await first_event(stream), TokenEvent)
+    calls = [engine.call(slow_call) for _ in range(8)]
+
+    async def read() -> None:
+        async for event in stream:
+            if isinstance(event, TokenEvent):
+                order.append("token")
+            if len(order) > 60 or order.count("call") == 8:
+                stream.cancel()
+
+    await asyncio.gather(read(), *calls)
+    first, last = order.index("call"), len(order) - 1 - order[::-1].index("call")
+    assert "token" in order[first:last]  # tokens arrived between the calls, not only after them
+
+
+def test_pending_calls_run_within_the_time_given_and_at_least_one():
+    from server.calls import WorkerCalls
+
+    async def scenario() -> list[int]:
+        calls, ran = WorkerCalls(), []
+        futures = [calls.add(lambda n=n: ran.append(n)) for n in range(4)]
+        lock = threading.Condition()
+        calls.run_for(lock, 0.0, lambda: None)  # no time at all: one call still runs
+        assert ran == [0] and len(calls) == 3
+        futures[1].cancel()  # its caller left: skipped unrun
+        calls.run_for(lock, float("inf"), lambda: None)
+        await asyncio.sleep(0)
+        return ran
+
+    assert asyncio.run(scenario()) == [0, 2, 3]
