@@ -38,7 +38,7 @@ from server.api.openai_protocol import (
     StreamOptionsWithoutStream,
     openai_sampling,
 )
-from server.api.vocabulary import Off, StrictRequest, build_params, vocabulary_values
+from server.api.vocabulary import Off, StopText, StrictRequest, build_params, vocabulary_values
 from server.limits import Limits
 
 NO_TOOLS = "this server calls no tools"
@@ -181,6 +181,9 @@ class ResponsesRequest(OpenAIVocabulary):
     """Most visible tokens in the answer; reaching it makes the response `incomplete`."""
     temperature: float | None = Field(None, ge=0)
     """0 (or below 0.01) is greedy; default 1 (OpenAI's)."""
+    stop: StopText | list[StopText] | None = None
+    """Stop sequences, as on /v1/chat/completions (not part of OpenAI's Responses API; an
+    extension like the rest of the vocabulary, so it is honoured rather than ignored)."""
     stream: bool = False
     """Typed SSE events (`response.created` ... `response.completed`)."""
     hold_back_deletable: bool = True
@@ -254,6 +257,7 @@ def responses_params(body: ResponsesRequest, limits: Limits) -> GenerationParams
     """OpenAI's sampling (temperature 1 by default, 0 greedy); `max_output_tokens` bounds the
     visible answer and is named in its refusals."""
     values = openai_sampling(vocabulary_values(body), body.temperature)
+    values["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if body.max_output_tokens is not None:
         values["max_new_tokens"] = body.max_output_tokens
     return build_params(limits, values, field_prefix="", max_tokens_name="max_output_tokens")

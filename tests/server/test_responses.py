@@ -112,6 +112,17 @@ def test_max_output_tokens_cuts_the_answer_and_marks_it_incomplete(sdk):
     assert (response.usage.output_tokens, response.max_output_tokens) == (2, 2)
 
 
+def test_stop_sequences_end_the_answer_as_on_chat(sdk, client):
+    """`stop` is not in OpenAI's Responses API, but it is in this server's vocabulary on every
+    other route: honoured here too (never silently ignored), within the same limits."""
+    response = greedy(sdk, input=PROMPT, extra_body={"stop": ["o"]})
+    assert response.output_text == EXPECTED_TEXT[: EXPECTED_TEXT.index("o")]
+    assert response.status == "completed"
+    too_many = client.post("/v1/responses", json={"input": PROMPT, "stop": list("abcdefghijk")})
+    assert too_many.status_code == 422
+    assert too_many.json()["error"]["param"] == "stop"
+
+
 def sampled(sdk: openai.OpenAI, **fields) -> list[str]:
     """What five seeds sample at a hot temperature (BT is still decided untempered)."""
     return [
