@@ -136,7 +136,7 @@ async def _exchange(
             if case.drop_after is not None and outcome.events >= case.drop_after:
                 if not outcome.complete:
                     outcome.dropped = True
-                    tracker.drops.append(time.monotonic())
+                    tracker.drops.extend([time.monotonic()] * case.places)
                 return  # leaving the block closes the connection mid-stream
 
 
@@ -146,9 +146,11 @@ def read_frame(path: str, data: str, outcome: Outcome) -> None:
         outcome.complete = True
         return
     frame = json.loads(data)
-    if "error" in frame:
+    if "error" in frame and frame.get("type") != "response.failed":
         outcome.stream_error = True
-    if path.startswith("/v1/"):
+    if path == "/v1/responses":
+        read_responses_frame(frame, outcome)
+    elif path.startswith("/v1/"):
         for choice in frame.get("choices", []):
             if choice.get("finish_reason"):
                 outcome.finish_reason = own_finish_reason(choice)
@@ -162,11 +164,31 @@ def read_frame(path: str, data: str, outcome: Outcome) -> None:
         outcome.stream_error = True
 
 
+def read_responses_frame(frame: dict, outcome: Outcome) -> None:
+    """The Responses API's typed events: its stream ends with its final `response` object."""
+    kind = frame.get("type", "")
+    if kind in ("response.completed", "response.incomplete", "response.failed"):
+        outcome.finish_reason = responses_finish_reason(frame["response"])
+        outcome.complete = True
+    elif kind == "error":
+        outcome.stream_error = True
+
+
+def responses_finish_reason(response: dict) -> str:
+    """A `response` object's end in the server's own words (`error` for a failed one)."""
+    if response.get("status") == "failed":
+        return "error"
+    details = response.get("incomplete_details") or {}
+    return details.get("reason") or response.get("status") or "unknown"
+
+
 def json_finish_reason(text: str) -> str | None:
     try:
         answer = json.loads(text)
     except ValueError:
         return None
+    if isinstance(answer, dict) and answer.get("object") == "response":
+        return responses_finish_reason(answer)
     if isinstance(answer, dict) and answer.get("choices"):
         return own_finish_reason(answer["choices"][0])
     if isinstance(answer, dict) and isinstance(answer.get("details"), dict):

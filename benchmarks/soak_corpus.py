@@ -16,8 +16,6 @@ from typing import Any
 
 CONCURRENCY = 6
 BURST = 16
-CONCURRENCY = 6
-BURST = 16
 DROP_SHARE = 0.25
 MAX_RUNNING, MAX_QUEUE = 4, 4
 CAPACITY = MAX_RUNNING + MAX_QUEUE
@@ -26,6 +24,10 @@ MAX_REQUEST_BYTES = 16384
 MAX_INPUT_CHARS = 2048
 MAX_STOP_SEQUENCES, MAX_STOP_CHARS = 4, 256
 MAX_BACKTRACKS = 64
+MAX_SCORED_LOGPROBS = 1024
+MAX_CHOICES = 4
+"""`max_request_share` 0.5 of the 8 places: the choices (prompts x n) one request may take."""
+HEADER_TIMEOUT, SEND_TIMEOUT = 2.0, 2.0
 SERVER_SETTINGS: dict[str, Any] = {
     "max_concurrent_requests": MAX_RUNNING,
     "max_queue_size": MAX_QUEUE,
@@ -37,6 +39,10 @@ SERVER_SETTINGS: dict[str, Any] = {
     "max_stop_sequence_chars": MAX_STOP_CHARS,
     "max_backtracks": MAX_BACKTRACKS,
     "max_backtrack_depth": 64,
+    "max_scored_logprobs": MAX_SCORED_LOGPROBS,
+    "max_request_share": 0.5,
+    "header_timeout": HEADER_TIMEOUT,
+    "sse_send_timeout": SEND_TIMEOUT,
     "request_timeout": 20,
     "health_stall_timeout": 30,
     "log_level": "warning",
@@ -53,7 +59,14 @@ STRICT_CHAT_TEMPLATE = (
 )
 """Like Llama-2's and Mistral's: an optional system turn, then user and assistant alternating."""
 ALPHABET = "0123456789+-*=() abcdefghijklmnopqrstuvwxyz"
-GENERATION_PATHS = ("/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions")
+GENERATION_PATHS = (
+    "/generate",
+    "/generate_stream",
+    "/",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/responses",
+)
 
 
 @dataclass
@@ -71,6 +84,15 @@ class Case:
     drop_after: int | None = None
     """Close the stream after this many events (a client that leaves)."""
     expect: frozenset[int] = frozenset({200})
+
+    @property
+    def places(self) -> int:
+        """Engine places the request takes while it runs: one per choice (prompts x `n`)."""
+        if not isinstance(self.body, dict):
+            return 1
+        prompt = self.body.get("prompt")
+        prompts = len(prompt) if isinstance(prompt, list) and isinstance(prompt[0], str) else 1
+        return prompts * int(self.body.get("n", 1))
 
     @property
     def generation(self) -> bool:
@@ -118,6 +140,15 @@ def generation_body(
     rng: random.Random, path: str, stream: bool, options: dict[str, Any], new_tokens: int
 ) -> dict[str, Any]:
     """A request body for `path` carrying `options` (TGI names for the native and TGI routes)."""
+    if path == "/v1/responses":
+        conversation = [
+            {**m, "content": [{"type": "input_text", "text": m["content"][0]["text"]}]}
+            if isinstance(m["content"], list)
+            else m
+            for m in random_conversation(rng)
+        ]
+        text = rng.choice([prompt_text(rng), conversation])
+        return {**options, "input": text, "max_output_tokens": new_tokens, "stream": stream}
     if path.startswith("/v1/"):
         body: dict[str, Any] = {**options, "max_tokens": new_tokens}
         if path == "/v1/chat/completions":
@@ -147,7 +178,7 @@ def random_conversation(rng: random.Random) -> list[dict[str, Any]]:
         role = "user" if index % 2 == 0 else "assistant"
         content: Any = prompt_text(rng, 1, 12)
         if rng.random() < 0.2:
-            content = [{"type": "text", "text": content}]
+            content = [{"type": "text", "text": content}]  # chat's part; Responses': input_text
         messages.append({"role": role, "content": content})
     return messages
 
@@ -166,6 +197,8 @@ def valid_case(rng: random.Random, kind: str = "valid") -> Case:
     else:
         new_tokens = rng.randint(8, 24) if drop else rng.randint(1, 16)
     body = generation_body(rng, path, stream, options, new_tokens)
+    if path in SCORING_PATHS and rng.random() < SCORING_SHARE:
+        body.update(scoring_fields(rng, path))
     return Case(
         kind,
         "POST",
@@ -177,6 +210,20 @@ def valid_case(rng: random.Random, kind: str = "valid") -> Case:
     )
 
 
+SCORING_PATHS = ("/v1/completions", "/v1/chat/completions")
+SCORING_SHARE = 0.3
+
+
+def scoring_fields(rng: random.Random, path: str) -> dict[str, Any]:
+    """`logprobs` (with `echo`, or chat's `top_logprobs`) and a fan-out `n`, within the limits:
+    at most MAX_CHOICES choices, and choices x scored tokens x (alternatives + 1) under
+    MAX_SCORED_LOGPROBS for any prompt the corpus draws (24 characters, 16 new tokens)."""
+    fields: dict[str, Any] = {"n": rng.randint(1, MAX_CHOICES)}
+    if path == "/v1/chat/completions":
+        return {**fields, "logprobs": True, "top_logprobs": rng.randint(0, 5)}
+    return {**fields, "logprobs": rng.randint(0, 5), "echo": rng.random() < 0.5}
+
+
 def _with(
     rng: random.Random, paths: tuple[str, ...] = GENERATION_PATHS, **changes: Any
 ) -> tuple[str, dict[str, Any]]:
@@ -186,7 +233,9 @@ def _with(
     body = generation_body(rng, path, stream, {}, rng.randint(1, 8))
     target = body if path.startswith("/v1/") else body["parameters"]
     for name, value in changes.items():
-        if path.startswith("/v1/") and name == "max_new_tokens":
+        if path == "/v1/responses" and name == "max_new_tokens":
+            name = "max_output_tokens"
+        elif path.startswith("/v1/") and name == "max_new_tokens":
             name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         if path.startswith("/v1/") and name == "do_sample":
             continue
@@ -299,6 +348,13 @@ BAD_INPUTS: tuple[Callable[[random.Random], Case], ...] = (
     shaped("unknown_native_parameter", "/generate", {"inputs": "1", "parameters": {"foo": 1}}),
     shaped("unsupported_tgi_option", "/", {"inputs": "1", "parameters": {"watermark": True}}),
     shaped("n_over_16", "/v1/completions", {"prompt": "1", "n": 17}),
+    shaped("n_past_request_share", "/v1/completions", {"prompt": "1", "n": MAX_CHOICES + 1}),
+    shaped(
+        "logprobs_past_max_scored_logprobs",
+        "/v1/completions",
+        {"prompt": "1" * 300, "n": MAX_CHOICES, "max_tokens": 8, "logprobs": 5, "echo": True},
+    ),
+    shaped("responses_top_logprobs", "/v1/responses", {"input": "1", "top_logprobs": 3}),
     shaped("unsupported_openai_option", "/v1/completions", {"prompt": "1", "best_of": 2}),
     shaped("token_id_past_vocabulary", "/v1/completions", {"prompt": [10**9]}),
     shaped("prompt_not_a_string", "/v1/completions", {"prompt": {"a": 1}}),

@@ -30,7 +30,7 @@ from benchmarks.soak_corpus import (
 DROP_GRACE = 2.0
 RSS_WINDOW = 1000
 MAX_RSS_GROWTH = 0.05
-OVERLOADED = re.compile(r"(\d+) requests running and (\d+) waiting")
+OVERLOADED = re.compile(r"(\d+) requests running and (\d+) waiting, (\d+) scoring")
 TERMINAL_FINISH_REASONS = {"error", "timeout", "shutdown"}
 """Finish reasons that mean the server failed the request (nothing here shuts it down)."""
 
@@ -52,7 +52,8 @@ class Outcome:
     opened: float = 0.0
     closed: float = 0.0
     peak_open_others: int = 0
-    """Most good generation requests of this client open at once while this one was."""
+    """Most engine places (choices) the client's other open good requests could hold at once
+    while this one was open."""
 
 
 class Tracker:
@@ -64,11 +65,12 @@ class Tracker:
         self.drops: list[float] = []
 
     def opened(self, outcome: Outcome) -> None:
-        others = len(self.open)
+        others = sum(self.outcomes[key].case.places for key in self.open)
         outcome.peak_open_others = others
         for key in self.open:
             peer = self.outcomes[key]
-            peer.peak_open_others = max(peer.peak_open_others, others)
+            with_this = others - peer.case.places + outcome.case.places
+            peer.peak_open_others = max(peer.peak_open_others, with_this)
         self.open.add(id(outcome))
         self.outcomes[id(outcome)] = outcome
 
@@ -100,11 +102,11 @@ def judge_429(outcome: Outcome, drops: list[float]) -> str | None:
     match = OVERLOADED.search(outcome.text)
     if match is None:
         return "429 without the running/waiting counts"
-    held = int(match.group(1)) + int(match.group(2))
+    held = sum(int(count) for count in match.groups())
     if held < CAPACITY:
         return f"429 with {held} requests held, fewer than {CAPACITY} places"
     dropped = count_in_window(drops, outcome.opened - DROP_GRACE, outcome.closed)
-    bound = outcome.peak_open_others + dropped
+    bound = outcome.peak_open_others + dropped + outcome.case.places - 1  # its own choices
     if held > bound:
         return f"429 with {held} requests held but at most {bound} could be"
     return None

@@ -4,9 +4,11 @@
 The worker owns the model, so those forwards queue here and run between two batched steps.
 They take queue places like waiting requests (the engine refuses a call with 429 when every
 place is taken, and its queue gauge counts them), and a call whose caller has gone (its future
-cancelled: the client left) is dropped unrun. While a batch is decoding, the worker runs them
-for at most about as long as its last step took (at least one per turn), so a flood of scoring
-slows the running streams by a bounded factor instead of stalling them behind every forward.
+cancelled: the client left) is dropped unrun. While a batch is decoding, calls get a fair share
+of the worker: each step earns them as much time as it took (banked up to one step's worth), and
+a call runs only while that credit is positive, so a flood of scoring slows the running streams
+about twofold at most instead of stalling them behind every forward (the credit can go into debt:
+a long call is paid back by the steps that follow it).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class WorkerCalls:
 
     def __init__(self) -> None:
         self._pending: deque[PendingCall] = deque()
+        self._credit = 0.0
+        """Worker seconds due to the calls (negative: owed to the steps)."""
 
     def __len__(self) -> int:
         return sum(1 for call in self._pending if not call.future.cancelled())
@@ -58,18 +62,30 @@ class WorkerCalls:
         self._pending.append(PendingCall(function, future, loop))
         return future
 
-    def run_for(
-        self, lock: threading.Condition, seconds: float, on_change: Callable[[], None]
-    ) -> None:
-        """Run pending calls in arrival order, each taken under `lock` (then `on_change`, which
-        refreshes the queue gauge), until `seconds` have passed; at least one runs."""
-        deadline = time.monotonic() + seconds
-        while True:
-            with lock:
-                call = self._pending.popleft() if self._pending else None
-                on_change()
-            if call is None:
+    def earn(self, seconds: float) -> None:
+        """A step took `seconds`: as much time is now due to the calls, banked up to that much."""
+        self._credit = min(self._credit + seconds, seconds)
+
+    def run_due(self, lock: threading.Condition, on_change: Callable[[], None]) -> None:
+        """Run pending calls in arrival order while their credit lasts (each taken under `lock`,
+        then `on_change`, which refreshes the queue gauge); each call's time is charged."""
+        while self._credit > 0:
+            started = time.monotonic()
+            if not self._run_one(lock, on_change):
                 return
-            call.run()
-            if time.monotonic() >= deadline:
-                return
+            self._credit -= time.monotonic() - started
+
+    def run_all(self, lock: threading.Condition, on_change: Callable[[], None]) -> None:
+        """Nothing is decoding: run every pending call, owing nothing."""
+        while self._run_one(lock, on_change):
+            pass
+        self._credit = 0.0
+
+    def _run_one(self, lock: threading.Condition, on_change: Callable[[], None]) -> bool:
+        with lock:
+            call = self._pending.popleft() if self._pending else None
+            on_change()
+        if call is None:
+            return False
+        call.run()
+        return True

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -74,7 +73,6 @@ class Engine:
         self._faults_in_a_row = 0
         self._broken: str | None = None
         self._calls = WorkerCalls()
-        self._step_seconds = 0.0
         self._thread = threading.Thread(target=self._work, name="engine", daemon=True)
         metrics.set_kv_budget(max_batch_total_tokens)
 
@@ -142,9 +140,10 @@ class Engine:
         )
 
     def _run_calls(self) -> None:
-        """Scoring for about as long as the last step took, all of it when nothing decodes."""
-        budget = self._step_seconds if self.decoder.rows else math.inf
-        self._calls.run_for(self._wake, budget, self._count_waiting)
+        """Scoring in its fair share of the worker's time (`server.calls`); all of it when
+        nothing decodes."""
+        run = self._calls.run_due if self.decoder.rows else self._calls.run_all
+        run(self._wake, self._count_waiting)
 
     def _count_waiting(self) -> None:
         self.metrics.set_waiting(len(self._waiting) + len(self._calls))
@@ -344,7 +343,7 @@ class Engine:
         """One batched step. A failing step raises into `_work`, which ends every running row
         with `error` and counts the fault, so steps that keep failing break the engine."""
         report = self.decoder.step()
-        self._step_seconds = report.decode_seconds + report.prefill_seconds
+        self._calls.earn(report.decode_seconds + report.prefill_seconds)
         with contextlib.suppress(Exception):  # metrics never end a request
             self.metrics.record_step(report)
         outgoing = []

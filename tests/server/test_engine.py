@@ -370,18 +370,29 @@ async def test_a_flood_of_scoring_calls_does_not_stall_a_running_stream(make_eng
     assert "token" in order[first:last]  # tokens arrived between the calls, not only after them
 
 
-def test_pending_calls_run_within_the_time_given_and_at_least_one():
+def test_pending_calls_get_the_time_the_steps_earn_them_and_repay_a_long_one():
     from server.calls import WorkerCalls
 
     async def scenario() -> list[int]:
         calls, ran = WorkerCalls(), []
-        futures = [calls.add(lambda n=n: ran.append(n)) for n in range(4)]
+
+        def call(number: int, seconds: float) -> None:
+            time.sleep(seconds)
+            ran.append(number)
+
+        futures = [calls.add(lambda n=n: call(n, 0.02)) for n in range(5)]
         lock = threading.Condition()
-        calls.run_for(lock, 0.0, lambda: None)  # no time at all: one call still runs
-        assert ran == [0] and len(calls) == 3
-        futures[1].cancel()  # its caller left: skipped unrun
-        calls.run_for(lock, float("inf"), lambda: None)
+        calls.run_due(lock, lambda: None)  # no step has earned them anything yet
+        assert ran == []
+        calls.earn(0.001)  # a step much shorter than a call: one call runs, then a debt
+        calls.run_due(lock, lambda: None)
+        assert ran == [0]
+        calls.earn(0.001)  # the debt (about 0.019 s) is not repaid yet: nothing runs
+        calls.run_due(lock, lambda: None)
+        assert ran == [0]
+        futures[2].cancel()  # its caller left: skipped unrun
+        calls.run_all(lock, lambda: None)  # nothing decoding: everything runs, debt forgiven
         await asyncio.sleep(0)
         return ran
 
-    assert asyncio.run(scenario()) == [0, 2, 3]
+    assert asyncio.run(scenario()) == [0, 1, 3, 4]
