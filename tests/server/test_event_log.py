@@ -62,7 +62,11 @@ def without_logprobs(events: list[dict]) -> list[dict]:
 
 def test_each_request_is_one_line_holding_the_decoders_edits(plain_log):
     records, answers, _ = plain_log
-    assert [record["endpoint"] for record in records] == ["/generate", "/generate", "/v1/completions"]
+    assert [record["endpoint"] for record in records] == [
+        "/generate",
+        "/generate",
+        "/v1/completions",
+    ]
     for record in records:
         assert record["schema_version"] == 1
         assert without_logprobs(record["events"]) == EXPECTED_EVENTS
