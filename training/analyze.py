@@ -12,8 +12,8 @@ training.evaluate --log-events`), one schema (`backtrack.generation_log`), and r
 * how deep they go: runs of consecutive deletions (depth 2: two tokens erased in a row);
 * the mean logprob of the tokens later deleted against the ones kept;
 * where the right answer is known (evaluation records, `expected`): false deletions (the
-  deleted token was right: the visible text before it plus it is a prefix of the answer) and
-  how often the token written after a deletion is right.
+  deleted token was right: the visible text before it plus its own, not empty, is a prefix of
+  the answer) and how often the token written after a deletion (or a run of them) is right.
 
 It prints a short report (or, with `--json`, the figures) and writes a PNG: the positions
 histogram, the deleted kinds and the depths.
@@ -130,8 +130,10 @@ class Tally:
 
 
 def _is_prefix(shown: list[dict[str, Any]], token: dict[str, Any], expected: str) -> bool:
-    """The visible text followed by `token` starts the expected answer: the token is right."""
-    return expected.startswith("".join(event["text"] for event in shown) + token["text"])
+    """The visible text followed by `token` starts the expected answer: the token is right. A
+    token that adds no text (a special token, part of a character) is never right."""
+    text = "".join(event["text"] for event in shown) + token["text"]
+    return bool(token["text"]) and expected.startswith(text)
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -235,6 +237,7 @@ def save_plot(figures: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")  # no display on a training host
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = [
@@ -247,7 +250,8 @@ def save_plot(figures: dict[str, Any], path: Path) -> Path:
         (figures["depths"], "deletions in a row", "depth"),
     ]
     for axis, (counts, xlabel, title) in zip(axes, panels, strict=True):
-        axis.bar([str(key) for key in counts], list(counts.values()), color="tab:red")
+        axis.bar(list(counts), list(counts.values()), color="tab:red")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel(xlabel)
         axis.set_ylabel("deletions")
         axis.set_title(title)
@@ -263,21 +267,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("logs", nargs="+", type=Path, help="JSONL files (rotated ones too)")
     parser.add_argument("--plot", type=Path, help="PNG to write (default: <first log>.png)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--by", metavar="FIELD", help="figures per value of a record field too (run, endpoint)"
+    )
     args = parser.parse_args(argv)
     try:
         records = read_records(args.logs)
         figures = analyze(records)
+        groups = {name: analyze(part) for name, part in grouped(records, args.by).items()}
     except (OSError, RecordError) as error:
         parser.error(str(error))
     if not records:
         parser.error(f"no records in {', '.join(map(str, args.logs))}")
     plot = save_plot(figures, args.plot or args.logs[0].with_name(args.logs[0].name + ".png"))
     if args.json:
-        json.dump(figures, sys.stdout, indent=2)
+        json.dump({**figures, "groups": groups} if args.by else figures, sys.stdout, indent=2)
         print()
-    else:
-        print(format_report(figures))
-        print(f"plot written to {plot}")
+        return
+    print(format_report(figures))
+    for name, part in groups.items():
+        print(f"\n{args.by} {name}:\n{format_report(part)}")
+    print(f"plot written to {plot}")
+
+
+def grouped(records: list[dict[str, Any]], by: str | None) -> dict[str, list[dict[str, Any]]]:
+    """The records per value of field `by` (none without it), in the order values first occur."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    if by is None:
+        return groups
+    for record in records:
+        groups.setdefault(json.dumps(record.get(by), sort_keys=True), []).append(record)
+    return groups
 
 
 if __name__ == "__main__":

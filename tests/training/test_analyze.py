@@ -84,6 +84,13 @@ def test_a_hand_written_log_gives_the_exact_figures():
     }
 
 
+def test_deleting_a_token_that_adds_no_text_is_never_a_false_deletion():
+    """A special token (`<pad>`) shows as no text: the prefix stays right, the token was not."""
+    events = [token(0, "1", -0.1), token(1, "", -9.0, "other"), backtrack(1, "", -9.0, 1, "other")]
+    judged = analyze.analyze([record(events, expected="12", text="1")])["judged"]
+    assert (judged["deletions"], judged["false_deletions"]) == (1, 0)
+
+
 def test_server_records_alone_are_never_judged():
     assert analyze.analyze(HAND_WRITTEN[2:])["judged"] is None
 
@@ -117,6 +124,17 @@ def test_the_command_prints_json_and_writes_the_plot(tmp_path, capsys):
     analyze.main([str(log)])
     report = capsys.readouterr().out
     assert "false deletions      2 of 3" in report and (tmp_path / "events.jsonl.png").exists()
+
+
+def test_by_a_field_gives_the_figures_of_each_value(tmp_path, capsys):
+    log = tmp_path / "events.jsonl"
+    log.write_text("".join(json.dumps(line) + "\n" for line in HAND_WRITTEN))
+    analyze.main([str(log), "--json", "--by", "source", "--plot", str(tmp_path / "p.png")])
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert {name: part["deletions"] for name, part in groups.items()} == {
+        '"evaluate"': 3,
+        '"server"': 1,
+    }
 
 
 def test_a_line_that_is_not_a_record_is_named(tmp_path, capsys):
