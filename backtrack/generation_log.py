@@ -20,6 +20,8 @@ Schema version 1, one object per line:
 the token it deleted, and its `depth` counts the deletions in a row that end with it (1 for a
 deletion right after a token, 2 for the one after that, ...). `kind` is one of `KINDS`, judged
 on the token's text without surrounding whitespace. `logprob` is null where it is not finite.
+The tokens of a stop sequence are events too, though the answer is cut before them
+(`generated_tokens` counts the tokens a client received).
 Text is left out unless asked for: then the record adds `prompt`, `prompt_ids` and `text` (the
 final answer), and every event its token's `id` and `text`. Evaluation records always carry
 text, plus `expected` (the right answer), `problem` (its index) and `run` (how it was decoded).

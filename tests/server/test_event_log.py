@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server.event_log import RotatingLines
+from backtrack.events import DoneEvent
+from backtrack.params import GenerationParams
+from server.event_log import EventLog, RotatingLines
+from server.jobs import GenerationRequest, Job, nothing_kept
 from server.process import REPO_ROOT, running_server
 from server.settings import SettingsError, load_settings
 from tests.server.conftest import EXPECTED_TEXT, LOOP_PROMPT, MODEL_ID, PROMPT
@@ -152,3 +156,35 @@ def test_an_unwritable_event_log_stops_start_up_naming_it(tmp_path, kind):
         timeout=60,
     )
     assert result.returncode == 2 and "event_log" in result.stderr
+
+
+class GatedLines:
+    """Lines that wait for the test to open the gate: a disk slower than the engine."""
+
+    def __init__(self) -> None:
+        self.gate, self.lines = threading.Event(), []
+
+    def write(self, line: str) -> None:
+        self.gate.wait(30)
+        self.lines.append(json.loads(line))
+
+    def close(self) -> None:
+        pass
+
+
+def finished_job(tokens: int) -> Job:
+    request = GenerationRequest([1, 2, 3], GenerationParams(max_new_tokens=tokens), "/generate")
+    return Job(request, stream=None, reserved_tokens=3)  # type: ignore[arg-type]
+
+
+def test_a_full_queue_drops_records_instead_of_waiting_and_a_bad_job_never_raises():
+    lines = GatedLines()
+    log = EventLog(lines, with_text=False, queue_size=1)  # type: ignore[arg-type]
+    for tokens in range(1, 4):
+        log.capture(finished_job(tokens), nothing_kept(finished_job(tokens).request, "eos"))
+    log.capture(object(), DoneEvent("", "eos", 0, 0))  # type: ignore[arg-type]
+    assert log.dropped >= 1  # the writer holds one record, the queue one: the third waits not
+    lines.gate.set()
+    log.close()
+    assert len(lines.lines) == 3 - log.dropped
+    assert all(line["events"] == [] and line["prompt_tokens"] == 3 for line in lines.lines)
