@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # The linters' own small environment: `make lint` needs neither the project nor torch.
 LINT_VENV ?= .venv-lint
 
-.PHONY: help install test test-tools test-slow test-browser lint typecheck check format train eval eval-http eval-seeds serve bench bench-peers bench-step bench-soak wheels test-gpu docker-lint deploy-lint reference test-image clean
+.PHONY: help install test test-tools test-slow test-browser lint typecheck check format train eval eval-http eval-seeds analyze serve bench bench-peers bench-step bench-soak wheels test-gpu docker-lint deploy-lint reference test-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,10 @@ eval: install ## evaluate CHECKPOINT on the held-out synthetic set, writes <chec
 URL ?= http://$(HOST):$(PORT)
 eval-http: install ## the same figures through a running server's /generate (make serve first; URL=...)
 	$(PY) -m training.evaluate_http --checkpoint $(CHECKPOINT) --url $(URL)
+
+LOG ?= logs/events.jsonl
+analyze: install ## backtrack patterns in a server event log or evaluate --log-events records (LOG=path, globs too), text report and LOG.png
+	$(PY) -m training.analyze $(LOG)
 
 SEEDS ?= 0 1 2
 SEED_THREADS ?= 1 2

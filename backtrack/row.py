@@ -66,6 +66,7 @@ class Counters:
     sampled_tokens: int = 0
     high_water: int = 0
     removed: list[dict] = field(default_factory=list)
+    removed_logprobs: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ class Row:
         self.counters.backtracks += 1
         index = len(self.visible_ids) - 1
         removed_id, removed_text = self.detok.pop()
-        self.logprobs.pop()
+        self.counters.removed_logprobs.append(self.logprobs.pop())
         self.scores.pop()
         self.counters.removed.append({"id": removed_id, "text": removed_text, "index": index})
         if self.params.mode == "rewind":

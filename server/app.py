@@ -26,6 +26,7 @@ from server.api.errors import install_error_handlers
 from server.api.key_gate import ApiKeyGate
 from server.api.openapi_schema import LimitedSchemaApp
 from server.engine import Engine
+from server.event_log import open_event_log
 from server.limits import Limits
 from server.loading import load_served_model
 from server.metrics import Metrics
@@ -46,6 +47,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.state.metrics = Metrics(settings.served_model_id)
     app.state.service = None
     app.state.engine = None
+    app.state.event_log = None
     app.state.on_fatal = on_fatal or (lambda message: log.error(message))
     if settings.exposed_without_key:
         log.warning(
@@ -81,6 +83,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.service.close()
         if app.state.engine is not None:
             await asyncio.to_thread(app.state.engine.stop)
+        if app.state.event_log is not None:  # after the engine: its last requests are logged
+            await asyncio.to_thread(app.state.event_log.close)
 
 
 async def _load(app: FastAPI) -> None:
@@ -96,6 +100,11 @@ async def _load(app: FastAPI) -> None:
         log.exception("loading the checkpoint failed")
         app.state.on_fatal(f"cannot serve the checkpoint: {error}")
         return
+    try:
+        app.state.event_log = open_event_log(settings, served.tokenizer)
+    except OSError as error:
+        app.state.on_fatal(f"cannot open event_log {settings.event_log}: {error}")
+        return
     engine = Engine(
         served,
         app.state.metrics,
@@ -106,6 +115,7 @@ async def _load(app: FastAPI) -> None:
         stall_timeout=settings.health_stall_timeout,
         max_faults_in_a_row=settings.max_consecutive_faults,
         on_fatal=app.state.on_fatal,
+        on_done=app.state.event_log.capture if app.state.event_log else None,
     )
     served.compile_step = await asyncio.to_thread(engine.warm_up)  # /info says what runs
     engine.start()

@@ -29,7 +29,7 @@ from backtrack.params import InvalidParameter
 from backtrack.row import Row
 from server.bridge import EngineDown, QueueFull, ShuttingDown, Stream, publish_all
 from server.calls import WorkerCalls
-from server.jobs import GenerationRequest, Job, nothing_kept
+from server.jobs import GenerationRequest, Job, OnDone, nothing_kept
 from server.loading import ServedModel
 from server.metrics import Metrics
 
@@ -53,6 +53,7 @@ class Engine:
         stall_timeout: float = 60.0,
         max_faults_in_a_row: int = 3,
         on_fatal: Callable[[str], None] | None = None,
+        on_done: OnDone | None = None,
     ) -> None:
         self.served = served
         self.stall_timeout = stall_timeout
@@ -70,6 +71,7 @@ class Engine:
         self._shutdown_deadline: float | None = None
         self._busy_since: float | None = None
         self.max_faults_in_a_row, self.on_fatal = max_faults_in_a_row, on_fatal
+        self.on_done = on_done
         self._faults_in_a_row = 0
         self._broken: str | None = None
         self._calls = WorkerCalls()
@@ -239,7 +241,7 @@ class Engine:
 
     def _end(self, job: Job, reason: str) -> None:
         assert job.row is not None
-        self._publish(job, self.decoder.cancel(job.row, reason))
+        job.stream.publish(self._account(job, self.decoder.cancel(job.row, reason)))
 
     def _guarded(self, job: Job, action: Callable[[], T]) -> T | None:
         """Run one job's bookkeeping; should it fail, that job alone ends with `error`."""
@@ -355,9 +357,6 @@ class Engine:
                     outgoing.append((job.stream, accounted))
         publish_all(outgoing)
 
-    def _publish(self, job: Job, events: list[Event]) -> None:
-        job.stream.publish(self._account(job, events))
-
     def _account(self, job: Job, events: list[Event]) -> list[Event]:
         """Record a job's events; free its slot first if it ended (a client that sees `done`
         sees the slot free)."""
@@ -396,4 +395,4 @@ class Engine:
         job.stream.publish([done])
 
     def _record(self, job: Job, events: list[Event]) -> None:
-        job.record(self.metrics, events)
+        job.record(self.metrics, events, self.on_done)

@@ -7,6 +7,7 @@ waits or runs (its KV reservation, its row, when its last token was seen).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backtrack.events import DoneEvent, Event, TokenEvent
@@ -56,8 +57,9 @@ class Job:
         timeout = self.request.timeout
         return float("inf") if timeout is None else self.arrival + timeout
 
-    def record(self, m: Metrics, events: list[Event]) -> None:
-        """Latencies and request counts from the events a client is about to see."""
+    def record(self, m: Metrics, events: list[Event], on_done: OnDone | None = None) -> None:
+        """Latencies and request counts from the events a client is about to see; `on_done`
+        gets the finished job (the event log)."""
         now = time.monotonic()
         for event in events:
             if isinstance(event, TokenEvent):
@@ -69,6 +71,11 @@ class Job:
             elif isinstance(event, DoneEvent):
                 reason, backtracks = event.finish_reason, event.backtracks
                 m.request_finished(self.request.endpoint, reason, backtracks, now - self.arrival)
+                if on_done is not None:
+                    on_done(self, event)
+
+
+OnDone = Callable[[Job, DoneEvent], None]
 
 
 def nothing_kept(request: GenerationRequest, reason: str) -> DoneEvent:

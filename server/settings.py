@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backtrack.device import resolve_device
 from backtrack.validation import problems
+from server.event_log import unwritable
 from server.limits import limit_field
 from server.special_text import SpecialTokensInPrompts
 
@@ -183,6 +184,23 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (JSON list)"
     )
+    event_log: Path | None = Field(
+        None,
+        description="JSONL file that receives one line per finished request: its token and "
+        "backtrack events in order, counts and finish reason, for `python -m training.analyze` "
+        "(unset: no log)",
+    )
+    event_log_max_bytes: int = Field(
+        100_000_000, ge=1, description="size at which the event log moves to event_log.1"
+    )
+    event_log_backups: int = Field(
+        5, ge=0, description="rotated event logs kept (event_log.1 ... .N; 0: none)"
+    )
+    event_log_prompts: bool = Field(
+        False,
+        description="the event log holds prompt and answer text and token ids too; without it "
+        "a line holds positions, token kinds (digit, letter...), logprobs and counts only",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log verbosity"
     )
@@ -191,6 +209,14 @@ class Settings(BaseSettings):
     @classmethod
     def _known_device(cls, value: str) -> str:
         resolve_device(value)  # raises ValueError naming the problem
+        return value
+
+    @field_validator("event_log")
+    @classmethod
+    def _event_log_writable(cls, value: Path | None) -> Path | None:
+        problem = None if value is None else unwritable(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("api_key")

@@ -8,7 +8,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["server.limits", "backtrack.validation", "clients.sse"])
+@pytest.mark.parametrize(
+    "module", ["server.limits", "backtrack.validation", "clients.sse", "backtrack.generation_log"]
+)
 def test_the_examples_in_the_docstrings_hold(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

@@ -2,6 +2,7 @@
 
     make eval                                  # checkpoints/default
     python -m training.evaluate --checkpoint checkpoints/default --problems 300
+    python -m training.evaluate --log-events runs/eval.jsonl  # then: make analyze LOG=runs/eval.jsonl
 
 Figures (written to `<checkpoint>/eval.json` and printed; `accuracy.png` plots exact match against
 temperature, plain vs backtracking, per decoding mode):
@@ -40,6 +41,7 @@ from backtrack.tokens import embedding_rows
 from training.config import Config, config_from_dict
 from training.data import encode, load_problems
 from training.errors import in_distribution_source, out_of_distribution_source
+from training.event_records import EvalEventLog
 from training.plots import save_accuracy_plot
 from training.tasks import Problem
 
@@ -60,6 +62,8 @@ class Subject:
     problems: list[Problem]
     prompts: PromptEncoder
     """The checkpoint's own prompt encoder: the one the server uses."""
+    event_log: EvalEventLog | None = None
+    """Where each backtracking run's decoded problems go (`--log-events`), if anywhere."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,9 @@ def run_decoding(
     ):
         done = final_event(events)
         correct += done.generated_text == subject.problems[index].response
+        if subject.event_log is not None and policy != "never":
+            run = {"temperature": temperature, "mode": mode, "backtrack_policy": policy}
+            subject.event_log.write(index, subject.problems[index], events, run)
         backtracks += done.backtracks
     count = max(1, len(subject.problems))
     return RunFigures(correct / count, backtracks / count)
@@ -236,6 +243,7 @@ def evaluate_checkpoint(
     count: int | None,
     temperatures: tuple[float, ...],
     modes: tuple[Mode, ...],
+    event_log: EvalEventLog | None = None,
 ) -> dict:
     config = config_from_dict(checkpoint.metadata.training_config or {})
     problems = held_out_problems(config, count)
@@ -245,6 +253,7 @@ def evaluate_checkpoint(
         checkpoint.backtrack_id,
         problems,
         checkpoint.prompts,
+        event_log,
     )
     figures = evaluate(subject, temperatures, modes)
     return {
@@ -274,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         default="float32",
         help="weights and compute dtype (auto: as the server picks it)",
     )
+    parser.add_argument("--log-events", type=Path, help="JSONL of every decoded problem's edits")
     args = parser.parse_args(argv)
     configure_threads(args.threads)
     device = torch.device("cpu")
@@ -281,8 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = load_checkpoint(args.checkpoint, device, resolve_dtype(args.dtype, device))
     except CheckpointError as error:
         parser.error(f"{error} (make train writes checkpoints/default)")
+    event_log = EvalEventLog(args.log_events) if args.log_events else None
     figures = evaluate_checkpoint(
-        checkpoint, args.problems, tuple(args.temperatures), tuple(args.modes)
+        checkpoint, args.problems, tuple(args.temperatures), tuple(args.modes), event_log
     )
     suffix = "" if args.dtype == "float32" else f".{args.dtype}"
     output = Path(args.checkpoint) / f"eval{suffix}.json"
@@ -290,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     plot = save_accuracy_plot(figures, Path(args.checkpoint) / f"accuracy{suffix}.png")
     print(format_report(figures))
     print(f"written to {output} and {plot}")
+    if event_log is not None:
+        event_log.close()
+        print(f"{event_log.written} decoded problems logged to {event_log.path}")
 
 
 if __name__ == "__main__":

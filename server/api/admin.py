@@ -65,6 +65,8 @@ async def info(request: Request, service: Service) -> dict[str, Any]:
         "max_connections": settings.max_connections,
         "sse_send_timeout": settings.sse_send_timeout,
         "protect_metrics": settings.protect_metrics,
+        "event_log": settings.event_log is not None,
+        "event_log_prompts": settings.event_log is not None and settings.event_log_prompts,
         "modes": list(MODES),
         "backtrack_policies": list(POLICIES),
         "parameters": parameters(limits),
