@@ -41,7 +41,8 @@ def simulate(choices: list[int]) -> tuple[list[Edit], list, dict]:
             texts.append(TEXTS[token])
             logprobs.append(-0.5 * step)
             truth.append(Edit(False, len(ids) - 1, token, TEXTS[token], -0.5 * step))
-        events += view.release(VisibleOutput(ids, texts, logprobs), len(ids))
+        scores = [None] * len(ids)
+        events += view.release(VisibleOutput(ids, texts, logprobs, scores), len(ids))
     keep = {
         "removed": removed,
         "removed_logprobs": removed_logprobs,
