@@ -111,7 +111,7 @@ wheels: ## download what make test-gpu needs beside torch and transformers into 
 test-gpu: ## on a GPU host: decoder, compiled step and server on CUDA in bf16, then bench_gpu (< 8 min; needs only torch + transformers + wheels/)
 	bash scripts/test_gpu.sh
 
-bench-soak: install ## 2,200 random good and bad requests on one server: 5xx, hangs, KV, 429s, RSS
+bench-soak: install ## 2,200 random good and bad requests, then a scoring flood, slow heads and readers, a failing step: 5xx, hangs, KV, 429s, RSS
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks bench_soak
 
 docker-lint: install test-tools ## hadolint the Dockerfiles, validate compose, Prometheus config and dashboard (installs promtool)

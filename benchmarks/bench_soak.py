@@ -34,6 +34,10 @@ Checked (the run fails, after writing its figures, if one does not hold):
   (a dropped stream leaves the engine at the next step once the server sees the disconnect);
 * `server_timeouts`, `server_errors`, `server_log_problems`: requests the server itself ended with
   `timeout` or `error` (`backtrack_requests_total`), tracebacks and ERROR lines in its log: 0;
+* the edge phases (`benchmarks.soak_edges`): a probe's latency during a scoring flood within 3x
+  its quiet latency, slow-header connections closed by `header_timeout`, the engine idle beside
+  clients that never read, and a server whose step fails turning unhealthy (503) after
+  `max_consecutive_faults` failed requests, with no hang and no false 200;
 * `rss_growth`: the server's VmRSS (`/proc/<pid>/status`), highest over the first thousand
   requests against highest over the last thousand: under 5%.
 """
@@ -54,6 +58,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import soak_edges
 from benchmarks.soak_corpus import (
     BURST,
     CONCURRENCY,
@@ -293,6 +298,14 @@ async def soak(url: str, pid: int, total: int, rng: random.Random) -> dict[str, 
     return summarise(outcomes, tracker.drops, rss, metrics, idle, residuals, seconds)
 
 
+async def edges(url: str, port: int) -> dict[str, Any]:
+    """The edge phases on the soaked server (`benchmarks.soak_edges`), idle again after each."""
+    figures = await soak_edges.scoring_flood(url)
+    figures.update(await soak_edges.slow_headers(url, port))
+    figures.update(await soak_edges.slow_readers(url, port, wait_idle))
+    return figures
+
+
 def log_problems(text: str) -> int:
     """Tracebacks and ERROR lines the server logged."""
     return sum(1 for line in text.splitlines() if "Traceback" in line or " ERROR " in line)
@@ -308,10 +321,12 @@ def run() -> dict[str, Any]:
             checkpoint, 120.0, threads, log_path=log, stop_timeout=30.0, **SERVER_SETTINGS
         ) as handle:
             figures = asyncio.run(soak(handle.url, handle.process.pid, REQUESTS, rng))
+            figures.update(asyncio.run(edges(handle.url, handle.port)))
             figures["server_alive_at_end"] = handle.process.poll() is None
         figures["server_exit_status"] = handle.process.returncode
         figures["server_log_problems"] = log_problems(log.read_text(errors="replace"))
-    failures = failed_checks(figures)
+        figures.update(soak_edges.failing_step(checkpoint, SERVER_SETTINGS))
+    failures = failed_checks(figures) + soak_edges.edge_failures(figures)
     if not figures["server_alive_at_end"]:
         failures.append("the server died during the run")
     figures["checks"] = "all hold" if not failures else "FAILED: " + "; ".join(failures)

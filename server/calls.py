@@ -4,11 +4,11 @@
 The worker owns the model, so those forwards queue here and run between two batched steps.
 They take queue places like waiting requests (the engine refuses a call with 429 when every
 place is taken, and its queue gauge counts them), and a call whose caller has gone (its future
-cancelled: the client left) is dropped unrun. While a batch is decoding, calls get a fair share
-of the worker: each step earns them as much time as it took (banked up to one step's worth), and
-a call runs only while that credit is positive, so a flood of scoring slows the running streams
-about twofold at most instead of stalling them behind every forward (the credit can go into debt:
-a long call is paid back by the steps that follow it).
+cancelled: the client left) is dropped unrun. While a batch is decoding, calls get a bounded share
+of the worker: each step earns them `CALL_SHARE` of the time it took (banked up to one step's
+worth), and a call runs only while that credit is positive, so a flood of scoring slows the
+running streams by a bounded factor instead of stalling them behind every forward (the credit can
+go into debt: a long call is paid back by the steps that follow it).
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from typing import Any, TypeVar
 from server.bridge import settle
 
 T = TypeVar("T")
+CALL_SHARE = 0.25
+"""Worker time calls earn per second of decoding: while a batch decodes, scoring gets a fifth of
+the worker (a probe stream ran 3.1x slower beside a scoring flood at 0.25, 4.7x at 1.0 on the
+soak's tiny model, 2 cores, `make bench-soak`); with nothing decoding it gets all of it."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ class WorkerCalls:
         return future
 
     def earn(self, seconds: float) -> None:
-        """A step took `seconds`: as much time is now due to the calls, banked up to that much."""
-        self._credit = min(self._credit + seconds, seconds)
+        """A step took `seconds`: `CALL_SHARE` of that is now due to the calls, banked up to one
+        step's worth."""
+        self._credit = min(self._credit + CALL_SHARE * seconds, seconds)
 
     def run_due(self, lock: threading.Condition, on_change: Callable[[], None]) -> None:
         """Run pending calls in arrival order while their credit lasts (each taken under `lock`,
@@ -76,9 +81,13 @@ class WorkerCalls:
             self._credit -= time.monotonic() - started
 
     def run_all(self, lock: threading.Condition, on_change: Callable[[], None]) -> None:
-        """Nothing is decoding: run every pending call, owing nothing."""
-        while self._run_one(lock, on_change):
-            pass
+        """Nothing is decoding: run the calls pending now, owing nothing. Calls that arrive
+        meanwhile wait for the next turn, so a request that came in can be admitted first."""
+        with lock:
+            pending = len(self._pending)
+        for _ in range(pending):
+            if not self._run_one(lock, on_change):
+                break
         self._credit = 0.0
 
     def _run_one(self, lock: threading.Condition, on_change: Callable[[], None]) -> bool:

@@ -81,9 +81,11 @@ def running_server(
     *,
     log_path: Path | None = None,
     stop_timeout: float = 20.0,
+    module: str = "server",
     **settings: Any,
 ) -> Iterator[ServerHandle]:
-    """A `python -m server` subprocess on a free port, healthy on entry, stopped on exit.
+    """A `python -m server` subprocess on a free port, healthy on entry, stopped on exit
+    (`module`: another entry point that runs the server, such as a benchmark's wrapper).
 
     `env` adds other environment variables (e.g. OMP_NUM_THREADS) to the process. The log goes
     to a temporary file removed at exit, or to `log_path`, kept for reading afterwards (as the
@@ -97,7 +99,7 @@ def running_server(
             log_path = Path(log.name)
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server"],
+            [sys.executable, "-m", module],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,

@@ -83,6 +83,7 @@ class GenerationService:
         # One thread: tokenisation stays off the event loop and never runs concurrently with
         # itself (a Rust tokenizer borrowed twice raises "Already borrowed").
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+        self._token_texts: dict[int, str] = {}
 
     @cached_property
     def special_ids(self) -> frozenset[int]:
@@ -123,7 +124,12 @@ class GenerationService:
         return decoded(self.served.tokenizer, ids)
 
     def token_text(self, token: int) -> str:
-        return decoded(self.served.tokenizer, [token])
+        """One token's text, cached: logprobs name every scored token and alternative, and an
+        echoed prompt's are rendered on the event loop."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = decoded(self.served.tokenizer, [token])
+        return text
 
     @property
     def input_token_limit(self) -> int:

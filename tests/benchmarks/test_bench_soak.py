@@ -39,9 +39,15 @@ def test_metrics_are_parsed_and_summed_by_label():
     assert metric_sum(values, "backtrack_missing") == 0
 
 
-def overloaded(running: int, waiting: int, peers: int, opened: float = 10.0) -> Outcome:
-    outcome = Outcome(Case("burst", "POST", "/generate", expect=frozenset({200, 429})), 429)
-    outcome.text = f"server overloaded: {running} requests running and {waiting} waiting"
+def overloaded(
+    running: int, waiting: int, peers: int, opened: float = 10.0, scoring: int = 0, n: int = 1
+) -> Outcome:
+    body = {"prompt": "1", "n": n}
+    case = Case("burst", "POST", "/v1/completions", body, expect=frozenset({200, 429}))
+    outcome = Outcome(case, 429)
+    outcome.text = (
+        f"{running} requests running and {waiting} waiting, {scoring} scoring: every place is taken"
+    )
     outcome.opened, outcome.closed, outcome.peak_open_others = opened, opened + 0.1, peers
     return outcome
 
@@ -54,6 +60,10 @@ def test_a_429_is_justified_only_by_a_full_queue_the_client_could_have_filled():
     # ... unless streams dropped just before could still be held
     assert judge_429(overloaded(4, 4, peers=5), drops=[9.0, 9.5, 10.05]) is None
     assert judge_429(overloaded(4, 4, peers=5), drops=[1.0, 2.0, 3.0]) is not None
+    # scoring calls hold places too, and a fan-out request's own choices hold some
+    assert judge_429(overloaded(4, 2, peers=CAPACITY, scoring=2), drops=[]) is None
+    assert judge_429(overloaded(4, 4, peers=5, n=4), drops=[]) is None
+    assert judge_429(overloaded(4, 4, peers=4, n=1), drops=[]) is not None
     no_counts = overloaded(4, 4, peers=8)
     no_counts.text = "busy"
     assert judge_429(no_counts, drops=[]) is not None
@@ -111,6 +121,9 @@ def test_good_cases_stay_within_the_limits_and_a_quarter_of_streams_drop():
         assert len(options.get("stop", [])) <= corpus.MAX_STOP_SEQUENCES
         assert options.get("max_backtracks", 0) <= corpus.MAX_BACKTRACKS
         assert 0 <= options.get("seed", 0) < 2**64
+        assert case.places <= corpus.MAX_CHOICES
+    scoring = [case for case in cases if "logprobs" in case.body]
+    assert scoring and any(case.places > 1 for case in scoring)
 
 
 @pytest.mark.parametrize(
@@ -127,3 +140,35 @@ def test_a_timeout_is_read_from_our_reason_beside_the_protocols_length(path, fra
     assert (outcome.finish_reason, outcome.stream_error) == ("timeout", True)
     answer = {"generated_text": "z", "details": TIMED_OUT_DETAILS}
     assert json_finish_reason(json.dumps(answer)) == "timeout"
+
+
+def test_a_responses_stream_ends_with_its_final_response_object():
+    outcome = Outcome(Case("valid", "POST", "/v1/responses", stream=True))
+    read_frame("/v1/responses", '{"type": "response.output_text.delta", "delta": "a"}', outcome)
+    assert not outcome.complete
+    final = {"status": "incomplete", "incomplete_details": {"reason": "timeout"}}
+    read_frame(
+        "/v1/responses", json.dumps({"type": "response.incomplete", "response": final}), outcome
+    )
+    assert outcome.complete and outcome.finish_reason == "timeout" and outcome.stream_error
+
+
+def test_the_edge_checks_pass_clean_figures_and_name_each_failure():
+    from benchmarks.soak_edges import edge_failures
+
+    clean = {
+        "scoring_flood_slowdown": 2.0,
+        "scoring_flood_unexpected_status": 0,
+        "slow_readers_engine_busy_after": 0.0,
+        "failing_step_false_200": 0,
+        "failing_step_hangs": 0,
+        "slow_header_closed": 12,
+        "slow_header_connections": 12,
+        "served_beside_slow_headers": True,
+        "failing_step_served_before": True,
+        "failing_step_unhealthy_after_requests": 3,
+    }
+    assert edge_failures(clean) == []
+    slow = {**clean, "scoring_flood_slowdown": 3.5, "failing_step_unhealthy_after_requests": None}
+    failures = edge_failures(slow)
+    assert len(failures) == 2 and "scoring flood" in failures[0] and "/health" in failures[1]

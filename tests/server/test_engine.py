@@ -396,3 +396,29 @@ def test_pending_calls_get_the_time_the_steps_earn_them_and_repay_a_long_one():
         return ran
 
     assert asyncio.run(scenario()) == [0, 1, 3, 4]
+
+
+def test_calls_arriving_while_the_queue_runs_wait_for_the_next_turn():
+    """Scoring that keeps arriving (clients sending back to back) cannot hold the worker in one
+    turn for ever: a waiting request is admitted between two turns."""
+    from server.calls import WorkerCalls
+
+    async def scenario() -> list[str]:
+        calls, ran = WorkerCalls(), []
+        lock = threading.Condition()
+
+        def first() -> None:
+            ran.append("first")
+            calls._pending.append(later)  # another client's call, queued while this one runs
+
+        calls.add(first)
+        later_future = calls.add(lambda: ran.append("later"))
+        later = calls._pending.pop()
+        calls.run_all(lock, lambda: None)
+        assert ran == ["first"] and len(calls) == 1
+        calls.run_all(lock, lambda: None)
+        await asyncio.sleep(0)
+        assert later_future.done()
+        return ran
+
+    assert asyncio.run(scenario()) == ["first", "later"]
