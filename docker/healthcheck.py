@@ -1,7 +1,8 @@
 """Exit 0 when the local server answers `GET /health` with 200, else 1 (Docker's HEALTHCHECK).
 
-It reads the same `BACKTRACK_PORT` and `BACKTRACK_API_KEY` variables as the server, so changing
-the port needs no second edit. Standard library only: the image has no curl.
+It reads the same `BACKTRACK_PORT` and `BACKTRACK_API_KEY` (or `BACKTRACK_API_KEY_FILE`) variables
+as the server, so changing the port needs no second edit. Standard library only: the image has no
+curl.
 """
 
 from __future__ import annotations
@@ -30,9 +31,21 @@ def is_healthy(url: str, api_key: str | None) -> bool:
         return False
 
 
+def api_key() -> str | None:
+    """The server's key, from the variable or the file it names (stripped, as the server does)."""
+    path = os.environ.get("BACKTRACK_API_KEY_FILE")
+    if path:
+        try:
+            with open(path) as key_file:
+                return key_file.read().strip() or None
+        except OSError:
+            return None
+    return os.environ.get("BACKTRACK_API_KEY")
+
+
 def main() -> int:
     url = health_url()
-    healthy = is_healthy(url, os.environ.get("BACKTRACK_API_KEY"))
+    healthy = is_healthy(url, api_key())
     print(f"{url}: {'healthy' if healthy else 'unhealthy'}")
     return 0 if healthy else 1
 

@@ -48,10 +48,15 @@ def server_routes() -> set[tuple[str, str]]:
 
 
 def key_source(overlay: str) -> dict:
-    (entry,) = [
-        e for e in container(server_deployment(overlay))["env"] if e["name"] == "BACKTRACK_API_KEY"
-    ]
-    return entry["valueFrom"]["secretKeyRef"]
+    """The Secret volume that holds the file `BACKTRACK_API_KEY_FILE` names."""
+    deployment = server_deployment(overlay)
+    server = container(deployment)
+    path = Path(env_of(server)["BACKTRACK_API_KEY_FILE"])
+    (mount,) = [m for m in server["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == path.name]
+    return {**volume["secret"], "key": item["key"]}
 
 
 def server_deployment(overlay: str) -> dict:
@@ -60,10 +65,13 @@ def server_deployment(overlay: str) -> dict:
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_the_pod_does_not_start_without_its_api_key(overlay):
-    """A required secretKeyRef: no Secret (or no `api-key` in it), no container, no open server."""
+    """A required Secret volume: no Secret (or no `api-key` in it), no container, no open server;
+    and the key never in an environment variable."""
     reference = key_source(overlay)
-    assert (reference["name"], reference["key"]) == ("backtrack-serving", "api-key")
+    assert (reference["secretName"], reference["key"]) == ("backtrack-serving", "api-key")
     assert reference.get("optional", False) is False
+    names = {e["name"] for e in container(server_deployment(overlay))["env"]}
+    assert "BACKTRACK_API_KEY" not in names
     # The key is the user's, never in the manifests.
     assert not [o for o in rendered(overlay) if o["kind"] == "Secret"]
 
