@@ -19,10 +19,12 @@ if FAULT_SEED is not None:
 
     recorded = jobs.Job.record
 
-    def record(self: jobs.Job, metrics: jobs.Metrics, events: list[jobs.Event]) -> None:
+    def record(
+        self: jobs.Job, metrics: jobs.Metrics, events: list[jobs.Event], *rest: object
+    ) -> None:
         third_token = any(isinstance(e, TokenEvent) and e.index >= 2 for e in events)
         if self.request.params.seed == int(FAULT_SEED) and third_token:
             raise RuntimeError("injected fault: recording the third token failed")
-        recorded(self, metrics, events)
+        recorded(self, metrics, events, *rest)  # type: ignore[arg-type]
 
     jobs.Job.record = record  # type: ignore[method-assign]
