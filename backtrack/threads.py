@@ -73,12 +73,15 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
     return max(1, allowed)
 
 
+def named_threads() -> int | None:
+    """The thread count `OMP_NUM_THREADS` names, when the environment sets a positive one."""
+    named = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(named) if named.isdigit() and int(named) > 0 else None
+
+
 def default_threads() -> int:
     """`OMP_NUM_THREADS` when the environment sets it, else the CPUs this process may use."""
-    named = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if named.isdigit() and int(named) > 0:
-        return int(named)
-    return available_cpus()
+    return named_threads() or available_cpus()
 
 
 def serving_threads(cpus: int | None = None) -> int:
@@ -87,9 +90,9 @@ def serving_threads(cpus: int | None = None) -> int:
     server's other threads (the event loop writing every streamed token, tokenisation) need a
     core too; sharing one with the model's threads makes every parallel region wait for the
     scheduler (docs/engine.md: one 4x512 stream 199 tok/s on one thread, 92 on two, 2 cores)."""
-    named = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if cpus is None and named.isdigit() and int(named) > 0:
-        return int(named)
+    named = named_threads()
+    if cpus is None and named is not None:
+        return named
     return max(1, (cpus if cpus is not None else available_cpus()) - 1)
 
 
