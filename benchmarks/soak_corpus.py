@@ -27,7 +27,7 @@ MAX_BACKTRACKS = 64
 MAX_SCORED_LOGPROBS = 1024
 MAX_CHOICES = 4
 """`max_request_share` 0.5 of the 8 places: the choices (prompts x n) one request may take."""
-HEADER_TIMEOUT, SEND_TIMEOUT = 2.0, 2.0
+HEADER_TIMEOUT, BODY_TIMEOUT, SEND_TIMEOUT = 2.0, 2.0, 2.0
 SERVER_SETTINGS: dict[str, Any] = {
     "max_concurrent_requests": MAX_RUNNING,
     "max_queue_size": MAX_QUEUE,
@@ -42,6 +42,7 @@ SERVER_SETTINGS: dict[str, Any] = {
     "max_scored_logprobs": MAX_SCORED_LOGPROBS,
     "max_request_share": 0.5,
     "header_timeout": HEADER_TIMEOUT,
+    "body_timeout": BODY_TIMEOUT,
     "sse_send_timeout": SEND_TIMEOUT,
     "request_timeout": 20,
     "health_stall_timeout": 30,
@@ -197,7 +198,7 @@ def valid_case(rng: random.Random, kind: str = "valid") -> Case:
     else:
         new_tokens = rng.randint(8, 24) if drop else rng.randint(1, 16)
     body = generation_body(rng, path, stream, options, new_tokens)
-    if path in SCORING_PATHS and rng.random() < SCORING_SHARE:
+    if kind == "valid" and path in SCORING_PATHS and rng.random() < SCORING_SHARE:
         body.update(scoring_fields(rng, path))
     return Case(
         kind,

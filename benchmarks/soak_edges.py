@@ -7,13 +7,18 @@ Run by `bench_soak` after its random rounds, against the same server (`SERVER_SE
   is admitted like generation and gets a fair share of the worker, so the probe's median latency
   during the flood stays within `MAX_FLOOD_SLOWDOWN` of its quiet one; every flood answer is a 200
   or a justified 429.
-* **slow headers**: connections that send half a request head and then nothing. Each must be
-  closed by the server within `header_timeout` (plus slack), while it keeps serving.
+* **slow senders**: connections that send half a request head, or a whole head and a thousandth
+  of its body, and then nothing. Each must be closed by the server within `header_timeout` (the
+  body: answered 408 within `body_timeout`), plus slack, while it keeps serving.
 * **slow readers**: streams whose clients (a 2 KB receive buffer) never read. The engine must be
   idle again (KV freed) while they still hold their sockets; `slow_readers_closed_by_server`
   says how many the server cut (`sse_send_timeout`) rather than finishing them into the buffers.
 
-`failing_step` runs a second server (`benchmarks.faulty_server`) whose batched step starts failing
+`big_slow_bodies` runs a server at the default body limit (2 MB) and sends two waves of 150
+bodies that stop 10 bytes short: each is answered 408 at `body_timeout`, and the second wave's
+peak RSS must stay within 5% of the first's (the buffers are reused, not leaked).
+
+`failing_step` runs another server (`benchmarks.faulty_server`) whose batched step starts failing
 on cue: with `max_consecutive_faults` 3, /health must answer 503 after at most that many failed
 requests, every request must be answered (an error, never a hang or a false 200), and nothing
 may hang.
@@ -32,7 +37,13 @@ from typing import Any
 
 import httpx
 
-from benchmarks.soak_corpus import HEADER_TIMEOUT, MAX_NEW_TOKENS, SEND_TIMEOUT
+from benchmarks.soak_corpus import (
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    MAX_NEW_TOKENS,
+    MAX_REQUEST_BYTES,
+    SEND_TIMEOUT,
+)
 from server.process import running_server
 
 FLOOD_CLIENTS = 4
@@ -95,32 +106,49 @@ async def scoring_flood(url: str) -> dict[str, Any]:
     }
 
 
-async def _held_head(port: int) -> float | None:
-    """Seconds until the server closes a connection that sent half a head; None: never did."""
+HALF_HEAD = b"POST /generate HTTP/1.1\r\nHost: soak\r\nContent-Type: app"
+HALF_BODY = (
+    b"POST /generate HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n" % (MAX_REQUEST_BYTES - 1) + b'{"inputs": "' + b"1" * 1000
+)
+"""A whole head that declares a body within the limit, then a thousandth of that body."""
+
+
+async def _held(port: int, sent: bytes, timeout: float) -> tuple[float, bytes] | None:
+    """(seconds until the server closed a connection that sent `sent` and then nothing, what it
+    answered); None: still open `timeout` + slack seconds later."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /generate HTTP/1.1\r\nHost: soak\r\nContent-Type: app")
+    writer.write(sent)
     await writer.drain()
     start = time.monotonic()
     try:
-        await asyncio.wait_for(reader.read(), HEADER_TIMEOUT + CLOSE_SLACK)
-        return time.monotonic() - start
+        answer = await asyncio.wait_for(reader.read(), timeout + CLOSE_SLACK)
+        return time.monotonic() - start, answer
     except (TimeoutError, ConnectionError):
         return None
     finally:
         writer.close()
 
 
-async def slow_headers(url: str, port: int) -> dict[str, Any]:
-    held = [asyncio.create_task(_held_head(port)) for _ in range(SLOW_CONNECTIONS)]
+async def slow_senders(url: str, port: int) -> dict[str, Any]:
+    """Half heads and half bodies held open, while a probe is served beside them."""
+    heads = [_held(port, HALF_HEAD, HEADER_TIMEOUT) for _ in range(SLOW_CONNECTIONS)]
+    bodies = [_held(port, HALF_BODY, BODY_TIMEOUT) for _ in range(SLOW_CONNECTIONS)]
+    held = asyncio.gather(*heads, *bodies)
     await asyncio.sleep(0.2)
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         served = (await client.post("/v1/completions", json=PROBE)).status_code == 200
-    closed = [seconds for seconds in await asyncio.gather(*held) if seconds is not None]
+    ends = await held
+    closed_heads = [end[0] for end in ends[:SLOW_CONNECTIONS] if end is not None]
+    closed_bodies = [end for end in ends[SLOW_CONNECTIONS:] if end is not None]
     return {
         "slow_header_connections": SLOW_CONNECTIONS,
-        "slow_header_closed": len(closed),
-        "slow_header_close_max_s": round(max(closed, default=0.0), 2),
-        "served_beside_slow_headers": served,
+        "slow_header_closed": len(closed_heads),
+        "slow_header_close_max_s": round(max(closed_heads, default=0.0), 2),
+        "slow_body_connections": SLOW_CONNECTIONS,
+        "slow_body_closed_with_408": sum(1 for _, answer in closed_bodies if b" 408 " in answer),
+        "slow_body_close_max_s": round(max((end[0] for end in closed_bodies), default=0.0), 2),
+        "served_beside_slow_senders": served,
     }
 
 
@@ -166,6 +194,46 @@ async def slow_readers(url: str, port: int, wait_idle: Any) -> dict[str, Any]:
     }
 
 
+BIG_BODIES, BIG_BODY_BYTES = 150, 1_990_000
+"""Bodies just under the default 2 MB `max_request_bytes`, all held open at once."""
+
+
+async def _big_body_wave(port: int, pid: int) -> tuple[int, int]:
+    """(peak RSS kB while `BIG_BODIES` connections each hold all but 10 bytes of a big body,
+    RSS kB once the server has answered them all 408)."""
+    from benchmarks.bench_soak import vm_rss_kb
+
+    head = b"POST /generate HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
+    sent = head + b"Content-Length: %d\r\n\r\n" % BIG_BODY_BYTES + b"1" * (BIG_BODY_BYTES - 10)
+    held = asyncio.gather(*(_held(port, sent, BODY_TIMEOUT) for _ in range(BIG_BODIES)))
+    await asyncio.sleep(1.0)
+    peak = vm_rss_kb(pid)
+    await held
+    await asyncio.sleep(1.0)
+    return peak, vm_rss_kb(pid)
+
+
+def big_slow_bodies(checkpoint: Path) -> dict[str, Any]:
+    """A server at its default body limit, two waves of big bodies that never finish: the
+    buffers are bounded (max_connections x max_request_bytes) and the second wave reuses the
+    first's memory instead of adding to it."""
+    from benchmarks.bench_soak import vm_rss_kb
+
+    options: dict[str, Any] = {"body_timeout": BODY_TIMEOUT, "max_connections": 2 * BIG_BODIES}
+    with running_server(checkpoint, 120.0, {"OMP_NUM_THREADS": "1"}, **options) as handle:
+        before = vm_rss_kb(handle.process.pid)
+        first = asyncio.run(_big_body_wave(handle.port, handle.process.pid))
+        second = asyncio.run(_big_body_wave(handle.port, handle.process.pid))
+    mib = [round(kb / 1024) for kb in (before, *first, *second)]
+    return {
+        "big_slow_bodies": f"{BIG_BODIES} x {BIG_BODY_BYTES} bytes, twice",
+        "big_slow_bodies_rss_mib": "before {}, wave 1 peak {} after {}, wave 2 peak {} after {}".format(
+            *mib
+        ),
+        "big_slow_bodies_second_wave_growth_pct": round((second[0] / first[0] - 1) * 100, 1),
+    }
+
+
 def failing_step(checkpoint: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """A server whose step starts failing on cue: how soon /health sees it, how requests end."""
     flag = checkpoint.parent / "fail-steps"
@@ -202,6 +270,8 @@ def edge_failures(figures: dict[str, Any]) -> list[str]:
             f"a probe ran {figures['scoring_flood_slowdown']}x slower during the scoring flood "
             f"(at most {MAX_FLOOD_SLOWDOWN}x)"
         )
+    if not figures["big_slow_bodies_second_wave_growth_pct"] < 5:
+        failures.append("a second wave of slow big bodies grew the server's memory by 5% or more")
     for name in (
         "scoring_flood_unexpected_status",
         "slow_readers_engine_busy_after",
@@ -212,8 +282,10 @@ def edge_failures(figures: dict[str, Any]) -> list[str]:
             failures.append(f"{name} is {figures[name]}, not 0")
     if figures["slow_header_closed"] != figures["slow_header_connections"]:
         failures.append("a slow-header connection outlived header_timeout")
-    if not figures["served_beside_slow_headers"]:
-        failures.append("the server did not serve while slow-header connections were open")
+    if figures["slow_body_closed_with_408"] != figures["slow_body_connections"]:
+        failures.append("a slow body was not answered 408 and closed by body_timeout")
+    if not figures["served_beside_slow_senders"]:
+        failures.append("the server did not serve while slow senders held connections")
     if not figures["failing_step_served_before"]:
         failures.append("the fault-injected server did not serve before its steps failed")
     after = figures["failing_step_unhealthy_after_requests"]

@@ -7,15 +7,64 @@ than `max_header_bytes` is answered 431 and closed (h11's `max_incomplete_event_
 only a head still arriving; the protocol bounds a complete one too). uvicorn's
 default parser (httptools) has neither: one slow or endless header would hold a connection and
 its buffer for ever.
+
+Closing is lingering, as nginx's `lingering_close`: a connection closed while its client may still
+be sending (a 413 for a body over the limit, a 408) first shuts its write side, so the client reads
+the whole answer and an end of stream, then reads and drops what still arrives for at most
+`LINGER_SECONDS` (or `LINGER_BYTES`) before the socket closes. Closing a socket with unread data
+sends a reset instead, and a client still sending its body would lose the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 8 << 20
+
+
+class _LingeringTransport:
+    """The connection's transport, whose `close()` lingers (the module's docstring)."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self.lingering = False
+        self.dropped = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing():
+            return
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # the client sees the answer end; we keep reading
+        self._transport.resume_reading()
+        self._timer = self._loop.call_later(LINGER_SECONDS, self.close_now)
+
+    def drop(self, data: bytes) -> None:
+        """What a lingering connection receives: counted and dropped."""
+        self.dropped += len(data)
+        if self.dropped > LINGER_BYTES:
+            self.close_now()
+
+    def close_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport.close()
 
 
 class _GuardedH11Protocol(H11Protocol):
@@ -24,13 +73,21 @@ class _GuardedH11Protocol(H11Protocol):
     header_timeout: float = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._lingering = _LingeringTransport(transport, asyncio.get_running_loop())
+        super().connection_made(cast(asyncio.Transport, self._lingering))
         self._head_deadline: asyncio.TimerHandle | None = None
         self._track_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
+        self._lingering.close_now()
         super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        if self._lingering.lingering:  # the client is done too: nothing left to wait for
+            self._lingering.close_now()
+            return
+        super().eof_received()
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -41,6 +98,9 @@ class _GuardedH11Protocol(H11Protocol):
         self._track_head()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering.lingering:
+            self._lingering.drop(data)
+            return
         if self.conn.their_state is h11.IDLE and self._head_too_large(data):
             self._refuse_head()
             return

@@ -164,9 +164,12 @@ def test_the_edge_checks_pass_clean_figures_and_name_each_failure():
         "failing_step_hangs": 0,
         "slow_header_closed": 12,
         "slow_header_connections": 12,
-        "served_beside_slow_headers": True,
+        "slow_body_connections": 12,
+        "slow_body_closed_with_408": 12,
+        "served_beside_slow_senders": True,
         "failing_step_served_before": True,
         "failing_step_unhealthy_after_requests": 3,
+        "big_slow_bodies_second_wave_growth_pct": 0.5,
     }
     assert edge_failures(clean) == []
     slow = {**clean, "scoring_flood_slowdown": 3.5, "failing_step_unhealthy_after_requests": None}

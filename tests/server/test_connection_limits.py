@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from server.connection import LINGER_BYTES
 from server.process import ServerHandle, running_server
 from tests.server.conftest import API_KEY, LOOP_PROMPT
 
@@ -90,12 +91,33 @@ def test_a_head_over_max_header_bytes_is_431_and_closed(guarded):
 
 
 def test_an_endless_head_is_cut_at_max_header_bytes(guarded):
+    """Answered 431 at the limit; what follows is read and dropped while the connection closes
+    (so a client that stops sending reads the answer), and a client that never stops is cut."""
+    with connect(guarded) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Pad: ")
+        for _ in range(256):
+            sock.sendall(b"x" * 1024)
+        assert status_of(read_until_closed(sock)) == 431
     with connect(guarded) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Pad: ")
         with pytest.raises((BrokenPipeError, ConnectionResetError)):  # cut while still sending
-            for _ in range(1000):
+            for _ in range(LINGER_BYTES // 1024 * 4):
                 sock.sendall(b"x" * 1024)
-            read_until_closed(sock)
+
+
+def test_a_client_still_sending_an_oversize_body_reads_its_413(guarded):
+    """The server answers 413 as soon as a chunked body passes the limit, while the client is
+    still sending: closing then would reset the connection and the client would lose the answer
+    (a `ReadError` where a 413 belongs); the server shuts its side and drains instead."""
+    chunk = b"x" * 65536
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(40))  # 2.6 MB
+    lines = ["POST /generate HTTP/1.1", "Host: test", "Content-Type: application/json"]
+    lines += ["Transfer-Encoding: chunked", f"Authorization: Bearer {API_KEY}"]
+    with connect(guarded) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        reply = read_until_closed(sock)
+    assert status_of(reply) == 413
+    assert b"max_request_bytes" in reply
 
 
 def test_a_body_slower_than_body_timeout_is_408_and_closed(guarded):
