@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # The linters' own small environment: `make lint` needs neither the project nor torch.
 LINT_VENV ?= .venv-lint
 
-.PHONY: help install test test-tools test-slow test-browser lint typecheck check format train eval eval-http eval-seeds analyze serve bench bench-peers bench-step bench-soak wheels test-gpu docker-lint deploy-lint reference test-image clean
+.PHONY: help install test test-tools test-slow test-browser lint typecheck check format train eval calibrate eval-http eval-seeds analyze serve bench bench-peers bench-step bench-soak wheels test-gpu docker-lint deploy-lint reference test-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ $(CHECKPOINT)/backtrack.json:
 
 eval: install ## evaluate CHECKPOINT on the held-out synthetic set, writes <checkpoint>/eval.json and accuracy.png
 	$(PY) -m training.evaluate --checkpoint $(CHECKPOINT)
+
+calibrate: install ## the threshold policy's curve on CHECKPOINT's held-out set, a threshold chosen on half, checked on the other
+	$(PY) -m training.calibrate --checkpoint $(CHECKPOINT)
 
 URL ?= http://$(HOST):$(PORT)
 eval-http: install ## the same figures through a running server's /generate (make serve first; URL=...)
