@@ -87,6 +87,17 @@ def _refuse(message: str) -> PydanticCustomError:
     return PydanticCustomError("unsupported", message)
 
 
+def _known_kind(value: Any, handler: ValidatorFunctionWrapHandler, refusal: str) -> Any:
+    """A `type` the API defines but this server does not take is refused with `refusal`, which
+    names it; any other bad value keeps pydantic's own error."""
+    try:
+        return handler(value)
+    except ValidationError:
+        if isinstance(value, str):
+            raise _refuse(refusal) from None
+        raise
+
+
 NonEmptyText = Annotated[str, Field(min_length=1)]
 
 
@@ -100,12 +111,8 @@ class InputText(StrictRequest):
     @field_validator("type", mode="wrap")
     @classmethod
     def _text_only(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        try:
-            return handler(value)
-        except ValidationError:
-            if isinstance(value, str):  # input_image, input_file, input_audio, refusal...
-                raise _refuse(f"{value} content is not supported: {TEXT_ONLY}") from None
-            raise
+        # input_image, input_file, input_audio, refusal...
+        return _known_kind(value, handler, f"{value} content is not supported: {TEXT_ONLY}")
 
 
 class InputMessage(StrictRequest):
@@ -128,12 +135,8 @@ class InputMessage(StrictRequest):
     @field_validator("type", mode="wrap")
     @classmethod
     def _messages_only(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        try:
-            return handler(value)
-        except ValidationError:
-            if isinstance(value, str):  # function_call_output, item_reference, reasoning...
-                raise _refuse(f"{value} items are not supported: {ITEM_KINDS}") from None
-            raise
+        # function_call_output, item_reference, reasoning...
+        return _known_kind(value, handler, f"{value} items are not supported: {ITEM_KINDS}")
 
     def text(self) -> str:
         if isinstance(self.content, str):
