@@ -37,20 +37,24 @@ class CarryPlanter:
 
     digit_of: dict[int, int]
     """Token id -> the digit it writes."""
+    most_significant_first: bool = True
+    """The answers' digit order (`addition_msd`; `addition` writes the least significant first)."""
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> CarryPlanter:
+    def for_tokenizer(
+        cls, tokenizer: PreTrainedTokenizerBase, most_significant_first: bool = True
+    ) -> CarryPlanter:
         digit_of = {}
         for digit in range(10):
             ids = tokenizer.encode(str(digit), add_special_tokens=False)
             if len(ids) != 1:
                 raise ValueError(f"the digit {digit} is not one token in this tokenizer")
             digit_of[ids[0]] = digit
-        return cls(digit_of)
+        return cls(digit_of, most_significant_first)
 
     def candidates(self, example: Example) -> list[tuple[int, int]]:
         """(answer index, the digit one too small) wherever a carry comes in; [] if the example
-        is not a sum whose answer is written in either digit order."""
+        is not a sum written in the planter's digit order."""
         id_of = {digit: token for token, digit in self.digit_of.items()}
         answer = [self.digit_of.get(token) for token in example.response_ids[:-1]]
         if len(answer) < 2 or None in answer:
@@ -63,11 +67,10 @@ class CarryPlanter:
         total = int("".join(map(str, a))) + int("".join(map(str, b)))
         written = [int(d) for d in str(total).zfill(width + 1)]
         carries = carries_in(a, b)
-        if answer == written:
-            order = list(range(width + 1))
-        elif answer == written[::-1]:
-            order = list(range(width, -1, -1))  # answer index i holds written[width - i]
-        else:
+        order = list(range(width + 1))
+        if not self.most_significant_first:
+            order.reverse()  # answer index i holds written[width - i]
+        if answer != [written[column] for column in order]:
             return []
         return [
             (index, id_of[(written[column] - 1) % 10])

@@ -98,8 +98,9 @@ class OnPolicyConfig:
     """Training problems decoded per round (the first ones of the training split)."""
     temperature: float = 0.0
     """0 mines greedy answers; above 0, sampled ones (more, and more varied, errors)."""
-    share: float = 1.0
-    """Probability that an example with a mined error is trained with it."""
+    share: float = 0.15
+    """Share of training examples replaced by a mined one (a problem the model got wrong, with
+    its own first wrong token), once a round has mined any."""
     span: int = 1
     """Tokens of the model's own answer taken as the error, from its first wrong one on: 1
     trains `wrong BT right`; more trains deleting a mistake seen only a few tokens later."""

@@ -136,20 +136,26 @@ def mine(
 class SelfCorrectionInjector(Injector):
     """The synthetic injector, plus mined errors and carry-planted ones.
 
-    An example with a mined error gets it with probability `mined_share`; otherwise the
-    synthetic decision stands, and a corrupted example's first error is replaced by a carry
-    error with probability `carry_share` (where the answer takes a carry)."""
+    A training slot holds one of the mined examples (with its own first wrong token) with
+    probability `mined_share`, so mined errors make up that share of every batch however few
+    problems were mined; otherwise the synthetic decision stands, and a corrupted example's
+    first error becomes a carry error with probability `carry_share` (where the answer takes a
+    carry)."""
 
-    mined: dict[Example, Injection] = field(default_factory=dict)
-    mined_share: float = 1.0
+    mined: list[tuple[Example, Injection]] = field(default_factory=list)
+    mined_share: float = 0.0
     carry: CarryPlanter | None = None
     carry_share: float = 0.0
 
-    def _draw(self, example: Example) -> Injection | None:
-        mined = self.mined.get(example)
-        if mined is not None and self.rng.random() < self.mined_share:
+    def choose(self, example: Example) -> tuple[Example, Injection | None]:
+        if self.mined and self.rng.random() < self.mined_share:
+            example, injection = self.rng.choice(self.mined)
             self.counts["mined"] += 1
-            return mined
+            self.counts[len(injection.errors)] += 1
+            return example, injection
+        return example, self(example)
+
+    def _draw(self, example: Example) -> Injection | None:
         injection = super()._draw(example)
         if injection is None or self.carry is None or self.rng.random() >= self.carry_share:
             return injection
@@ -197,7 +203,7 @@ class OnPolicyCallback(TrainerCallback):
             seed=1000 * (rounds + 1),
             span=self.span,
         )
-        self.injector.mined = result.mined
+        self.injector.mined = list(result.mined.items())
         record = {
             "step": state.global_step,
             "round": rounds,

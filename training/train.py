@@ -202,7 +202,10 @@ def _injector(
     bt = config.backtrack
     if not bt.on_policy.steps and bt.carry_error_share == 0:
         return Injector(source, ErrorPlan(), seed=seed)
-    carry = CarryPlanter.for_tokenizer(start.tokenizer) if bt.carry_error_share else None
+    carry = None
+    if bt.carry_error_share:
+        msd = config.data.task == "addition_msd"
+        carry = CarryPlanter.for_tokenizer(start.tokenizer, most_significant_first=msd)
     return SelfCorrectionInjector(
         source,
         ErrorPlan(),

@@ -17,6 +17,7 @@ from backtrack.prompts import PromptEncoder
 from backtrack.tiny import build_tiny_llama, tiny_llama_config
 from training import compare, train
 from training.carry import CarryPlanter
+from training.collator import BacktrackCollator
 from training.config import ConfigError, load_config
 from training.data import encode
 from training.errors import ErrorPlan, Injection, build_source
@@ -41,13 +42,15 @@ def test_addition_msd_splits_are_disjoint_seeded_and_differ_from_lsd_only_in_ord
     assert len(held_out) == 200
     assert not {p.prompt for p in train_set} & {p.prompt for p in held_out}
     assert task.splits(3000, 200) == (train_set, held_out)
-    lsd_train, _ = load_task("addition", digits=6, seed=7, short_operand_share=0.5).splits(3000, 200)
+    lsd_train, _ = load_task("addition", digits=6, seed=7, short_operand_share=0.5).splits(
+        3000, 200
+    )
     assert [p.prompt for p in lsd_train] == [p.prompt for p in train_set]
     assert [p.response[::-1] for p in lsd_train] == [p.response for p in train_set]
 
 
 def test_an_unknown_task_fails_at_start_up_naming_the_field():
-    with pytest.raises(ConfigError, match="data.task"):
+    with pytest.raises(ConfigError, match=r"data\.task"):
         load_config(None, ["data.task=subtraction"])
     assert load_config(None, ["data.task=addition_msd"]).data.task == "addition_msd"
 
@@ -60,8 +63,9 @@ def planter(char_tokenizer) -> CarryPlanter:
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 9999), st.integers(0, 9999), st.booleans())
 def test_carry_errors_are_the_digit_a_missed_carry_gives(
-    char_tokenizer, planter, a, b, most_significant_first
+    char_tokenizer, a, b, most_significant_first
 ):
+    planter = CarryPlanter.for_tokenizer(char_tokenizer, most_significant_first)
     task = AdditionTask(digits=4, most_significant_first=most_significant_first)
     example = encode(PromptEncoder(char_tokenizer), task.problem(a, b))
     answer = task.problem(a, b).response
@@ -144,12 +148,27 @@ def test_the_injector_trains_mined_and_carry_errors(char_tokenizer, backtrack_id
     source = build_source("in_distribution", [carried, other], len(char_tokenizer), [backtrack_id])
     mined = Injection(2, (char_tokenizer.convert_tokens_to_ids("5"),))
     injector = SelfCorrectionInjector(
-        source, ErrorPlan(1, 1.0), mined={other: mined}, carry=planter, carry_share=1.0
-    )
-    assert all(injector(other) == mined for _ in range(20))
+        source, ErrorPlan(1, 1.0), mined=[(other, mined)], mined_share=1.0, carry=planter,
+        carry_share=1.0,
+    )  # fmt: skip
+    assert all(injector.choose(carried) == (other, mined) for _ in range(20))
+    injector.mined_share = 0.0
     one = char_tokenizer.convert_tokens_to_ids("1")
-    assert all(injector(carried) == Injection(3, (one,)) for _ in range(20))
+    assert all(injector.choose(carried) == (carried, Injection(3, (one,))) for _ in range(20))
     assert injector.take_counts() == {1: 40}
+
+
+def test_mined_examples_make_up_their_share_of_the_batch(char_tokenizer, backtrack_id):
+    prompts = PromptEncoder(char_tokenizer)
+    clean = encode(prompts, Problem("0011+0001=", "00012"))
+    wrong = encode(prompts, Problem("0019+0001=", "00020"))
+    source = build_source("in_distribution", [clean], len(char_tokenizer), [backtrack_id])
+    mined = [(wrong, Injection(3, (char_tokenizer.convert_tokens_to_ids("1"),)))]
+    injector = SelfCorrectionInjector(source, ErrorPlan(), mined=mined, mined_share=0.25)
+    collator = BacktrackCollator(backtrack_id, 0, "rewind", injector)
+    batch = collator([clean] * 400)
+    mined_rows = (batch["labels"] == backtrack_id).any(dim=1).sum().item()
+    assert 60 <= mined_rows <= 140  # about a quarter, where no synthetic error is planned
 
 
 def decisions_and_forwards(char_tokenizer, backtrack_id, model, policy):
