@@ -66,6 +66,9 @@ class DataConfig:
     """Fixes the synthetic splits; changing it changes which problems are held out."""
     short_operand_share: float = 0.0
     """Synthetic task: the share of training operands with fewer digits (held-out ones never)."""
+    chain_share: float = 0.0
+    """Synthetic addition: the probability that a column's digits sum to 9 (both splits), which
+    makes long carry chains common (`training.tasks`)."""
     train_file: str | None = None
     """JSONL with `prompt`/`response` or GSM8K's `question`/`answer` on every line."""
     eval_file: str | None = None
@@ -247,6 +250,7 @@ class Config:
             f"one of {', '.join(TASKS)} or null",
         )
         _require(self.data.digits >= 1, "data.digits", "at least 1")
+        _require(0 <= self.data.chain_share <= 1, "data.chain_share", "in [0, 1]")
         _require(0 <= self.data.short_operand_share <= 1, "data.short_operand_share", "in [0, 1]")
         _require(
             self.data.prompt_format in ("auto", *PROMPT_FORMATS),

@@ -50,6 +50,10 @@ class AdditionTask:
     """Training operands drawn with fewer digits (zero-padded), each with this probability."""
     most_significant_first: bool = False
     """`addition_msd`: the answer's digits in reading order rather than least significant first."""
+    chain_share: float = 0.0
+    """Each column's two digits sum to 9 with this probability (in both splits), so carries
+    ripple through runs of such columns: with the answer most significant digit first, a digit
+    then depends on the first column below that does not sum to 9, however far down."""
 
     def problem(self, a: int, b: int) -> Problem:
         width = self.digits
@@ -72,13 +76,33 @@ class AdditionTask:
         rng = random.Random(self.seed)
         held_out: set[tuple[int, int]] = set()
         while len(held_out) < eval_size:
-            held_out.add((rng.randrange(limit), rng.randrange(limit)))
+            if self.chain_share:
+                held_out.add(self._chained(rng, self.digits))
+            else:
+                held_out.add((rng.randrange(limit), rng.randrange(limit)))
         train: list[Problem] = []
         while len(train) < train_size:
-            pair = (self._operand(rng), self._operand(rng))
+            pair = self._training_pair(rng)
             if pair not in held_out:
                 train.append(self.problem(*pair))
         return train, [self.problem(a, b) for a, b in sorted(held_out)]
+
+    def _training_pair(self, rng: random.Random) -> tuple[int, int]:
+        if not self.chain_share:
+            return self._operand(rng), self._operand(rng)
+        width = self.digits
+        if width > 1 and self.short_operand_share and rng.random() < self.short_operand_share:
+            width = rng.randint(1, self.digits - 1)
+        return self._chained(rng, width)
+
+    def _chained(self, rng: random.Random, width: int) -> tuple[int, int]:
+        """Operands of `width` digits whose columns sum to 9 with probability `chain_share`."""
+        a = b = 0
+        for _ in range(width):
+            top = rng.randrange(10)
+            bottom = 9 - top if rng.random() < self.chain_share else rng.randrange(10)
+            a, b = 10 * a + top, 10 * b + bottom
+        return a, b
 
     def _operand(self, rng: random.Random) -> int:
         """A training operand: mostly full width; short ones give every digit position examples
@@ -156,7 +180,13 @@ class WordAdditionTask:
 Task = AdditionTask | WordAdditionTask
 
 
-def load_task(name: str, digits: int, seed: int, short_operand_share: float = 0.0) -> Task:
+def load_task(
+    name: str,
+    digits: int,
+    seed: int,
+    short_operand_share: float = 0.0,
+    chain_share: float = 0.0,
+) -> Task:
     if name not in TASKS:
         raise ValueError(f"data.task must be one of {TASKS}, got {name!r}")
     if name == "word_addition":
@@ -166,4 +196,5 @@ def load_task(name: str, digits: int, seed: int, short_operand_share: float = 0.
         seed=seed,
         short_operand_share=short_operand_share,
         most_significant_first=name == "addition_msd",
+        chain_share=chain_share,
     )
