@@ -214,3 +214,17 @@ def test_a_tiny_run_mines_its_own_errors_and_plants_carries(tmp_path):
     rounds = [r for r in json.loads((output / "curriculum.json").read_text()) if "mined" in r]
     assert [r["step"] for r in rounds] == [0, 2]
     assert all(r["mined_problems"] == 16 and 0 < r["mined"] <= 16 for r in rounds)
+
+
+def test_chain_share_makes_columns_sum_to_nine_in_both_splits():
+    train_set, held_out = load_task("addition_msd", 6, seed=3, chain_share=1.0).splits(50, 20)
+    assert {p.response for p in held_out} == {"0999999"}  # every column 9: no carry at all
+    assert {p.response for p in train_set} == {"0999999"}
+    assert load_task("addition_msd", 6, seed=3).splits(50, 20)[1] != held_out
+    half = load_task("addition_msd", 6, seed=3, chain_share=0.5).splits(0, 300)[1]
+    nines = sum(
+        int(a) + int(b) == 9
+        for p in half
+        for a, b in zip(p.prompt[:6], p.prompt[7:13], strict=True)
+    )
+    assert 0.45 < nines / (6 * 300) < 0.65  # half set to 9, a tenth of the rest by chance
