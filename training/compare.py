@@ -146,7 +146,9 @@ def compare(
     bt_answers = decode(backtracking, 0.0, "argmax")
     rows = [
         summarise("BT model, greedy with BT (rewind)", bt_answers, backtracking),
-        summarise("BT model, greedy, BT suppressed", decode(backtracking, 0.0, "never"), plain),
+        summarise(
+            "BT model, greedy, BT suppressed", decode(backtracking, 0.0, "never"), backtracking
+        ),
         summarise("plain SFT, greedy", decode(plain, 0.0, "never"), plain),
     ]
     matched = max(1, math.ceil(rows[0].forwards_per_answer / rows[2].forwards_per_answer))

@@ -228,3 +228,23 @@ def test_chain_share_makes_columns_sum_to_nine_in_both_splits():
         for a, b in zip(p.prompt[:6], p.prompt[7:13], strict=True)
     )
     assert 0.45 < nines / (6 * 300) < 0.65  # half set to 9, a tenth of the rest by chance
+
+
+def test_the_comparison_prices_every_row_in_forwards(char_tokenizer, backtrack_id, tiny_model):
+    problems = load_task("addition_msd", 2, seed=0).splits(0, 6)[1]
+    prompts = PromptEncoder(char_tokenizer)
+    deleting = biased(char_tokenizer, backtrack_id, shift=3.0)
+    backtracking = compare.Subject(deleting, char_tokenizer, backtrack_id, problems, prompts)
+    plain = compare.Subject(tiny_model, char_tokenizer, backtrack_id, problems, prompts)
+    figures = compare.compare(backtracking, plain, votes=(3,))
+    assert "plain SFT, majority of 3 samples" in {row["name"] for row in figures["rows"]}
+    rows = {row["name"]: row for row in figures["rows"]}
+    with_bt = rows["BT model, greedy with BT (rewind)"]
+    suppressed = rows["BT model, greedy, BT suppressed"]
+    greedy = rows["plain SFT, greedy"]
+    assert with_bt["backtracks_per_answer"] > 0 and suppressed["backtracks_per_answer"] == 0
+    assert with_bt["forwards_per_answer"] > suppressed["forwards_per_answer"]
+    n = figures["votes_matching_bt_forwards"]
+    assert n * greedy["forwards_per_answer"] >= with_bt["forwards_per_answer"]
+    vote = rows[f"plain SFT, majority of {n} samples"]
+    assert vote["forwards_per_answer"] >= with_bt["forwards_per_answer"]
