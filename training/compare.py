@@ -17,7 +17,9 @@ A decision costs one forward (the first one's logits come from the prompt's pref
 forwards are its ordinary tokens drawn (EOS included, deleted ones too) plus its deletions (each
 re-feeds the token before), plus the final review of a length-limited answer. False backtracks
 are reported twice: BT as the argmax on a correct prefix (teacher-forced, as `training.evaluate`
-counts it), and correct tokens deleted during greedy decoding, per answer.
+counts it), and correct tokens deleted during greedy decoding, per answer. "Own errors caught"
+asks what backtracking at greedy decoding depends on: at the first wrong token of the model's
+own BT-suppressed answer, is BT its next argmax?
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from backtrack.events import BacktrackEvent, DoneEvent, Event, TokenEvent
 from backtrack.params import BacktrackPolicy
 from backtrack.threads import configure_threads
 from training.config import config_from_dict
+from training.data import encode
 from training.evaluate import BATCH_ROWS, Subject, decoding_params, false_backtrack_rate
 from training.evaluate import held_out_problems as split_of
+from training.on_policy import mine
 
 
 def forwards(done: DoneEvent, may_backtrack: bool) -> int:
@@ -137,6 +141,21 @@ def voting_rows(subject: Subject, samples: list[list[Answer]], n: int) -> list[R
     ]
 
 
+@torch.inference_mode()
+def own_errors_caught(subject: Subject) -> tuple[int, int]:
+    """(caught, made): of the model's own first wrong tokens (its BT-suppressed greedy answers,
+    as `training.on_policy` mines them), how many are followed by BT as the argmax."""
+    examples = [encode(subject.prompts, problem) for problem in subject.problems]
+    mined = mine(subject.model, subject.tokenizer, subject.backtrack_id, examples).mined
+    caught = 0
+    for example, injection in mined.items():
+        split = injection.split
+        ids = [*example.prompt_ids, *example.response_ids[:split], injection.errors[0]]
+        logits = subject.model(torch.tensor([ids], device=subject.model.device)).logits[0, -1]
+        caught += int(logits.argmax()) == subject.backtrack_id
+    return caught, len(mined)
+
+
 def compare(
     backtracking: Subject,
     plain: Subject,
@@ -159,12 +178,15 @@ def compare(
     ]
     for n in counts:
         rows += voting_rows(plain, samples, n)
+    caught, made = own_errors_caught(backtracking)
     return {
         "problems": len(backtracking.problems),
         "vote_temperature": vote_temperature,
         "votes_matching_bt_forwards": matched,
         "rows": [asdict(row) for row in rows],
         "false_backtrack_rate": false_backtrack_rate(backtracking),
+        "own_errors_caught": caught,
+        "own_errors_made": made,
     }
 
 
@@ -183,6 +205,10 @@ def format_table(figures: dict) -> str:
     lines.append(
         f"false backtrack rate (BT argmax on a correct prefix): "
         f"{100 * figures['false_backtrack_rate']:.2f}%"
+    )
+    lines.append(
+        f"own first errors followed by BT as the argmax: {figures['own_errors_caught']} of "
+        f"{figures['own_errors_made']}"
     )
     return "\n".join(lines)
 

@@ -248,3 +248,18 @@ def test_the_comparison_prices_every_row_in_forwards(char_tokenizer, backtrack_i
     assert n * greedy["forwards_per_answer"] >= with_bt["forwards_per_answer"]
     vote = rows[f"plain SFT, majority of {n} samples"]
     assert vote["forwards_per_answer"] >= with_bt["forwards_per_answer"]
+
+
+def test_own_errors_are_caught_only_by_a_model_that_deletes_them(char_tokenizer, backtrack_id):
+    problems = [Problem("3+4=", "07"), Problem("5+2=", "70")]
+    prompts = PromptEncoder(char_tokenizer)
+    seven = char_tokenizer.convert_tokens_to_ids("7")
+    writer = biased(char_tokenizer, seven)  # writes 7 for ever: wrong, never deletes
+    subject = compare.Subject(writer, char_tokenizer, backtrack_id, problems, prompts)
+    assert compare.own_errors_caught(subject) == (0, 2)
+    model = build_tiny_llama(tiny_llama_config(len(char_tokenizer)))
+    bias = torch.zeros(len(char_tokenizer))
+    bias[seven], bias[backtrack_id] = 1e4, 2e4  # BT first, but BT is suppressed when mining
+    model.lm_head.register_forward_hook(lambda _m, _i, output: output + bias)
+    subject = compare.Subject(model, char_tokenizer, backtrack_id, problems, prompts)
+    assert compare.own_errors_caught(subject) == (2, 2)
