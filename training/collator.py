@@ -56,7 +56,9 @@ class BacktrackCollator:
         return collate_layouts(layouts, self.pad_id)
 
     def _layout(self, example: Example) -> Layout:
-        injection = self.injector(example) if self.injector is not None else None
+        injection = None
+        if self.injector is not None:
+            example, injection = self.injector.choose(example)
         result = layout(example, injection, self.objective, self.backtrack_id)
         if self.max_length is not None and len(result.input_ids) > self.max_length:
             result = truncate(result, self.max_length)

@@ -22,6 +22,7 @@ from pydantic.dataclasses import dataclass
 
 from backtrack.prompts import PROMPT_FORMATS
 from backtrack.validation import problems
+from training.tasks import TASKS
 
 Objective = Literal["rewind", "masked"]
 ErrorSourceName = Literal["random", "in_distribution", "mixed"]
@@ -54,7 +55,8 @@ class ModelConfig:
 @dataclass(config=SECTION)
 class DataConfig:
     task: str | None = "addition"
-    """The bundled synthetic task (`addition`); None reads `train_file`/`eval_file` instead."""
+    """The bundled synthetic task (`addition`, `addition_msd`: answer most significant digit
+    first, `word_addition`); None reads `train_file`/`eval_file` instead."""
     digits: int = 3
     """Operand digits of the synthetic task."""
     train_size: int = 32000
@@ -64,6 +66,9 @@ class DataConfig:
     """Fixes the synthetic splits; changing it changes which problems are held out."""
     short_operand_share: float = 0.0
     """Synthetic task: the share of training operands with fewer digits (held-out ones never)."""
+    chain_share: float = 0.0
+    """Synthetic addition: the probability that a column's digits sum to 9 (both splits), which
+    makes long carry chains common (`training.tasks`)."""
     train_file: str | None = None
     """JSONL with `prompt`/`response` or GSM8K's `question`/`answer` on every line."""
     eval_file: str | None = None
@@ -86,6 +91,25 @@ class PhaseConfig:
 
 
 @dataclass(config=SECTION)
+class OnPolicyConfig:
+    """Errors mined from the model being trained (`training.on_policy`)."""
+
+    steps: list[int] = field(default_factory=list)
+    """Optimiser steps at which the model's own answers are decoded and their first wrong tokens
+    become training errors (each round replaces the last); empty: no mining."""
+    problems: int = 4000
+    """Training problems decoded per round (the first ones of the training split)."""
+    temperature: float = 0.0
+    """0 mines greedy answers; above 0, sampled ones (more, and more varied, errors)."""
+    share: float = 0.15
+    """Share of training examples replaced by a mined one (a problem the model got wrong, with
+    its own first wrong token), once a round has mined any."""
+    span: int = 1
+    """Tokens of the model's own answer taken as the error, from its first wrong one on: 1
+    trains `wrong BT right`; more trains deleting a mistake seen only a few tokens later."""
+
+
+@dataclass(config=SECTION)
 class BacktrackConfig:
     use_backtrack: bool = True
     """False trains plain SFT (no injected errors): the baseline to compare against."""
@@ -94,6 +118,10 @@ class BacktrackConfig:
     random_error_share: float = 0.5
     """With `error_source: mixed`, the share of error tokens drawn uniformly (any ordinary token);
     the rest follow the response distribution."""
+    carry_error_share: float = 0.0
+    """Addition: the share of corrupted examples whose first error is the digit one too small
+    where a carry comes in (`training.carry`), the mistake the task's structure makes likely."""
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     use_curriculum: bool = True
     """True follows `phases`; False uses `max_errors` and `error_share` from the first step."""
     max_errors: int = 3
@@ -189,6 +217,14 @@ class Config:
         bt = self.backtrack
         _require(0 <= bt.random_error_share <= 1, "backtrack.random_error_share", "in [0, 1]")
         _require(bt.max_errors >= 0, "backtrack.max_errors", "at least 0")
+        _require(0 <= bt.carry_error_share <= 1, "backtrack.carry_error_share", "in [0, 1]")
+        _require(0 <= bt.on_policy.share <= 1, "backtrack.on_policy.share", "in [0, 1]")
+        _require(bt.on_policy.span >= 1, "backtrack.on_policy.span", "at least 1")
+        _require(bt.on_policy.problems >= 1, "backtrack.on_policy.problems", "at least 1")
+        _require(bt.on_policy.temperature >= 0, "backtrack.on_policy.temperature", "at least 0")
+        _require(
+            all(step >= 0 for step in bt.on_policy.steps), "backtrack.on_policy.steps", "at least 0"
+        )
         _require(0 <= bt.error_share <= 1, "backtrack.error_share", "in [0, 1]")
         _require(bool(bt.phases), "backtrack.phases", "a non-empty list")
         _require(bt.phases[0].start_epoch == 0, "backtrack.phases", "starting at epoch 0")
@@ -208,7 +244,13 @@ class Config:
             "data.train_file",
             "set when data.task is null",
         )
+        _require(
+            self.data.task is None or self.data.task in TASKS,
+            "data.task",
+            f"one of {', '.join(TASKS)} or null",
+        )
         _require(self.data.digits >= 1, "data.digits", "at least 1")
+        _require(0 <= self.data.chain_share <= 1, "data.chain_share", "in [0, 1]")
         _require(0 <= self.data.short_operand_share <= 1, "data.short_operand_share", "in [0, 1]")
         _require(
             self.data.prompt_format in ("auto", *PROMPT_FORMATS),

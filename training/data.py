@@ -78,7 +78,10 @@ class ExampleDataset(Dataset):
 def load_problems(config: DataConfig) -> tuple[list[Problem], list[Problem]]:
     """(train, eval) problems from the bundled task or from JSONL files."""
     if config.task is not None:
-        task = load_task(config.task, config.digits, config.seed, config.short_operand_share)
+        task = load_task(
+            config.task, config.digits, config.seed, config.short_operand_share,
+            config.chain_share,
+        )  # fmt: skip
         return task.splits(config.train_size, config.eval_size)
     assert config.train_file is not None  # Config.validate guarantees it
     train = read_jsonl(config.train_file)

@@ -139,6 +139,11 @@ class Injector:
         self.counts[0 if injection is None else len(injection.errors)] += 1
         return injection
 
+    def choose(self, example: Example) -> tuple[Example, Injection | None]:
+        """The example to train in this slot and its errors: here always `example` itself;
+        an injector holding ready-made examples (mined errors) may put one of them instead."""
+        return example, self(example)
+
     def _draw(self, example: Example) -> Injection | None:
         if self.plan.clean or not example.response_ids:
             return None

@@ -9,6 +9,16 @@ Writing the answer least significant first makes every digit a function of the o
 carry from the digit before it, so a small model can learn it one token at a time, and a wrong
 digit is detectable from the context alone.
 
+`addition_msd`, the same sums with the answer most significant digit first:
+
+    prompt   "12345+67890="  operands zero-padded to `digits`
+    response "080235"        the sum's digits most significant first, zero-padded to digits+1
+
+Here a digit depends on the carry out of every digit still to be written, which a small model
+trained briefly often gets wrong at greedy decoding; but one step later, working on the next
+digit, the carry it now sees tells it the digit before was one too small: a mistake the model
+can detect after making it, which is what backtracking needs to help greedy decoding.
+
 `word_addition`, for a pretrained model, where pretraining matters: numbers written in English
 words, which a model trained from scratch would first have to learn to read and spell:
 
@@ -23,7 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-TASKS = ("addition", "word_addition")
+TASKS = ("addition", "addition_msd", "word_addition")
 
 
 @dataclass(frozen=True)
@@ -38,10 +48,18 @@ class AdditionTask:
     seed: int = 1234
     short_operand_share: float = 0.0
     """Training operands drawn with fewer digits (zero-padded), each with this probability."""
+    most_significant_first: bool = False
+    """`addition_msd`: the answer's digits in reading order rather than least significant first."""
+    chain_share: float = 0.0
+    """Each column's two digits sum to 9 with this probability (in both splits), so carries
+    ripple through runs of such columns: with the answer most significant digit first, a digit
+    then depends on the first column below that does not sum to 9, however far down."""
 
     def problem(self, a: int, b: int) -> Problem:
         width = self.digits
-        answer = str(a + b).zfill(width + 1)[::-1]
+        answer = str(a + b).zfill(width + 1)
+        if not self.most_significant_first:
+            answer = answer[::-1]
         return Problem(f"{a:0{width}d}+{b:0{width}d}=", answer)
 
     def splits(self, train_size: int, eval_size: int) -> tuple[list[Problem], list[Problem]]:
@@ -58,13 +76,33 @@ class AdditionTask:
         rng = random.Random(self.seed)
         held_out: set[tuple[int, int]] = set()
         while len(held_out) < eval_size:
-            held_out.add((rng.randrange(limit), rng.randrange(limit)))
+            if self.chain_share:
+                held_out.add(self._chained(rng, self.digits))
+            else:
+                held_out.add((rng.randrange(limit), rng.randrange(limit)))
         train: list[Problem] = []
         while len(train) < train_size:
-            pair = (self._operand(rng), self._operand(rng))
+            pair = self._training_pair(rng)
             if pair not in held_out:
                 train.append(self.problem(*pair))
         return train, [self.problem(a, b) for a, b in sorted(held_out)]
+
+    def _training_pair(self, rng: random.Random) -> tuple[int, int]:
+        if not self.chain_share:
+            return self._operand(rng), self._operand(rng)
+        width = self.digits
+        if width > 1 and self.short_operand_share and rng.random() < self.short_operand_share:
+            width = rng.randint(1, self.digits - 1)
+        return self._chained(rng, width)
+
+    def _chained(self, rng: random.Random, width: int) -> tuple[int, int]:
+        """Operands of `width` digits whose columns sum to 9 with probability `chain_share`."""
+        a = b = 0
+        for _ in range(width):
+            top = rng.randrange(10)
+            bottom = 9 - top if rng.random() < self.chain_share else rng.randrange(10)
+            a, b = 10 * a + top, 10 * b + bottom
+        return a, b
 
     def _operand(self, rng: random.Random) -> int:
         """A training operand: mostly full width; short ones give every digit position examples
@@ -142,9 +180,21 @@ class WordAdditionTask:
 Task = AdditionTask | WordAdditionTask
 
 
-def load_task(name: str, digits: int, seed: int, short_operand_share: float = 0.0) -> Task:
+def load_task(
+    name: str,
+    digits: int,
+    seed: int,
+    short_operand_share: float = 0.0,
+    chain_share: float = 0.0,
+) -> Task:
     if name not in TASKS:
         raise ValueError(f"data.task must be one of {TASKS}, got {name!r}")
     if name == "word_addition":
         return WordAdditionTask(seed=seed)
-    return AdditionTask(digits=digits, seed=seed, short_operand_share=short_operand_share)
+    return AdditionTask(
+        digits=digits,
+        seed=seed,
+        short_operand_share=short_operand_share,
+        most_significant_first=name == "addition_msd",
+        chain_share=chain_share,
+    )

@@ -31,6 +31,7 @@ from backtrack.core_share import CoreShare, core_share_for
 from backtrack.threads import configure_threads
 from backtrack.tokens import embedding_rows
 from training import lora
+from training.carry import CarryPlanter
 from training.collator import BacktrackCollator
 from training.config import Config, ConfigError, PhaseConfig, load_config
 from training.curriculum import CurriculumCallback
@@ -38,6 +39,7 @@ from training.data import ExampleDataset, build_datasets, prompt_encoder
 from training.distributed import enable_fsdp_on_cpu
 from training.errors import ErrorPlan, Injector, build_source
 from training.modeling import StartingPoint, starting_point
+from training.on_policy import OnPolicyCallback, SelfCorrectionInjector
 from training.plots import save_loss_curve
 from training.resources import peak_rss_mb, run_figures
 
@@ -146,6 +148,9 @@ def build_trainer(
             bt.phases if bt.use_curriculum else [PhaseConfig(0.0, bt.max_errors, bt.error_share)]
         )
         callback = CurriculumCallback(phases, injector.plan, injector)
+    callbacks: list[TrainerCallback] = [callback] if callback else []
+    if callback and isinstance(injector, SelfCorrectionInjector) and bt.on_policy.steps:
+        callbacks.append(_on_policy(config, start, injector, train_set, callback.history))
     trainer = BacktrackTrainer(
         model=start.model,
         args=args,
@@ -153,9 +158,26 @@ def build_trainer(
         eval_dataset=eval_set if len(eval_set) else None,
         data_collator=_collator(config, start, injector),
         eval_collator=_collator(config, start, None),
-        callbacks=[callback] if callback else None,
+        callbacks=callbacks or None,
     )
     return trainer, callback
+
+
+def _on_policy(
+    config: Config,
+    start: StartingPoint,
+    injector: SelfCorrectionInjector,
+    train_set: ExampleDataset,
+    history: list[dict],
+) -> OnPolicyCallback:
+    """Mining rounds on the first `on_policy.problems` training problems; their records go to
+    `curriculum.json` beside the phases'."""
+    mining = config.backtrack.on_policy
+    problems = train_set.examples[: mining.problems]
+    return OnPolicyCallback(
+        injector, start.tokenizer, start.backtrack_id, problems, list(mining.steps),
+        mining.temperature, history, mining.span,
+    )  # fmt: skip
 
 
 def _collator(config: Config, start: StartingPoint, injector: Injector | None) -> BacktrackCollator:
@@ -177,7 +199,21 @@ def _injector(
         special,
         config.backtrack.random_error_share,
     )
-    return Injector(source, ErrorPlan(), seed=seed)
+    bt = config.backtrack
+    if not bt.on_policy.steps and bt.carry_error_share == 0:
+        return Injector(source, ErrorPlan(), seed=seed)
+    carry = None
+    if bt.carry_error_share:
+        msd = config.data.task == "addition_msd"
+        carry = CarryPlanter.for_tokenizer(start.tokenizer, most_significant_first=msd)
+    return SelfCorrectionInjector(
+        source,
+        ErrorPlan(),
+        seed=seed,
+        mined_share=bt.on_policy.share,
+        carry=carry,
+        carry_share=bt.carry_error_share,
+    )
 
 
 class FollowFreeCores(TrainerCallback):
