@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 from server.bridge import settle
 
 T = TypeVar("T")
-CALL_SHARE = 0.25
-"""Worker time calls earn per second of decoding: while a batch decodes, scoring gets a fifth of
-the worker (a probe stream ran 3.1x slower beside a scoring flood at 0.25, 4.7x at 1.0 on the
-soak's tiny model, 2 cores, `make bench-soak`); with nothing decoding it gets all of it."""
+CALL_SHARE = 0.15
+"""Worker time calls earn per second of decoding: while a batch decodes, scoring gets about an
+eighth of the worker. On the soak's tiny model (2 cores, `make bench-soak`) a probe ran beside a
+scoring flood 2.5-2.7x slower than alone at 0.15, 2.8-2.95x at 0.25 and 4.7x at 1.0 (the rest is
+the flood's own HTTP work on the same cores); with nothing decoding, scoring gets all of it."""
 
 
 @dataclass(frozen=True)
