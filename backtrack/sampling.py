@@ -237,14 +237,24 @@ def decide(logits: torch.Tensor, rows: Sequence[RowSampling], backtrack_id: int)
     return Choices(wants, tokens.tolist(), logprobs.tolist())
 
 
-def score_token(logits: torch.Tensor, token: int, top_n: int) -> TokenScore:
-    """`token`'s log-probability under the model's own distribution at this position (the
-    untempered, unpenalised, unbanned softmax of `logits`, BT included), and the `top_n` most
-    likely tokens there: the numbers a fresh forward over the same context gives (up to float
-    summation order), without that forward."""
+def token_scores(logits: torch.Tensor, targets: torch.Tensor, top_n: int) -> list[TokenScore]:
+    """Each row's `targets` token scored under the model's own distribution at that position
+    (the untempered, unpenalised, unbanned softmax of `logits` [rows, vocab], BT included), with
+    the `top_n` most likely tokens there: what OpenAI's `logprobs` report."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    top: tuple[tuple[int, float], ...] = ()
+    chosen = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+    tops: list[tuple[tuple[int, float], ...]] = [() for _ in chosen]
     if top_n:
-        values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]))
-        top = tuple(zip(indices.tolist(), values.tolist(), strict=True))
-    return TokenScore(float(logprobs[token]), top)
+        values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]), dim=-1)
+        tops = [
+            tuple(zip(i, v, strict=True))
+            for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+        ]
+    return [TokenScore(logprob, top) for logprob, top in zip(chosen, tops, strict=True)]
+
+
+def score_token(logits: torch.Tensor, token: int, top_n: int) -> TokenScore:
+    """`token_scores` of one position from the step's own logits: the numbers a fresh forward
+    over the same context gives (up to float summation order), without that forward."""
+    target = torch.tensor([token], device=logits.device)
+    return token_scores(logits.unsqueeze(0), target, top_n)[0]

@@ -18,6 +18,7 @@ import torch
 
 from backtrack.detokenize import decoded
 from backtrack.params import GenerationParams, InvalidParameter
+from backtrack.sampling import token_scores
 from server.bridge import Stream
 from server.engine import Engine
 from server.jobs import GenerationRequest
@@ -52,19 +53,9 @@ def score_tokens(served: ServedModel, ids: list[int], start: int, top_n: int) ->
     with torch.inference_mode():
         tensor = torch.tensor([ids], device=served.device)
         logits = served.model(input_ids=tensor, use_cache=False).logits[0, first - 1 : -1]
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        targets = tensor[0, first:]
-        chosen = logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
-        if top_n:
-            values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]), dim=-1)
-            tops = [
-                list(zip(i, v, strict=True))
-                for i, v in zip(indices.tolist(), values.tolist(), strict=True)
-            ]
-        else:
-            tops = [[] for _ in chosen]
-    for token, logprob, top in zip(targets.tolist(), chosen, tops, strict=True):
-        scored.append(ScoredToken(token, logprob, top))
+        scores = token_scores(logits, tensor[0, first:], top_n)
+    for token, score in zip(ids[first:], scores, strict=True):
+        scored.append(ScoredToken(token, score.logprob, list(score.top)))
     return scored
 
 
