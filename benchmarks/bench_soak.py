@@ -74,10 +74,10 @@ from benchmarks.soak_judge import (
     Outcome,
     Tracker,
     failed_checks,
-    metric_sum,
     parse_metrics,
     summarise,
 )
+from benchmarks.soak_probes import vm_rss_kb, wait_idle
 from clients.sse import aiter_events
 from server.process import running_server
 
@@ -227,40 +227,12 @@ def save_checkpoint(directory: Path) -> Path:
     return directory
 
 
-def vm_rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-IDLE_GAUGES = (
-    "backtrack_running_requests",
-    "backtrack_queue_size",
-    "backtrack_kv_cache_tokens",
-    "backtrack_kv_cache_slots",
-    "backtrack_kv_cache_reserved_tokens",
-)
-
-
-async def wait_idle(client: httpx.AsyncClient, timeout: float = 15.0) -> dict[str, float]:
-    """The idle gauges once running and queued requests are 0 (or at the timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        values = parse_metrics((await client.get("/metrics")).text)
-        gauges = {name: metric_sum(values, name) for name in IDLE_GAUGES}
-        if not any(gauges.values()) or time.monotonic() > deadline:
-            return gauges
-        await asyncio.sleep(0.1)
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 
 async def soak(url: str, pid: int, total: int, rng: random.Random) -> dict[str, Any]:
     tracker = Tracker()
     outcomes: list[Outcome] = []
-    rss: list[tuple[int, int]] = [(0, vm_rss_kb(pid))]
     residuals: list[float] = []
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
     async with (
@@ -269,7 +241,7 @@ async def soak(url: str, pid: int, total: int, rng: random.Random) -> dict[str, 
     ):
         await warm_up(client, rng)
         await wait_idle(observer)
-        rss[:] = [(0, vm_rss_kb(pid))]
+        rss: list[tuple[int, int]] = [(0, vm_rss_kb(pid))]  # after the warm-up (`warm_up`)
         stop_sampling = asyncio.Event()
 
         async def sample_rss() -> None:
@@ -307,7 +279,7 @@ async def edges(url: str, port: int) -> dict[str, Any]:
     """The edge phases on the soaked server (`benchmarks.soak_edges`), idle again after each."""
     figures = await soak_edges.scoring_flood(url)
     figures.update(await soak_edges.slow_senders(url, port))
-    figures.update(await soak_edges.slow_readers(url, port, wait_idle))
+    figures.update(await soak_edges.slow_readers(url, port))
     return figures
 
 

@@ -27,7 +27,6 @@ may hang.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import statistics
 import sys
@@ -44,6 +43,7 @@ from benchmarks.soak_corpus import (
     MAX_REQUEST_BYTES,
     SEND_TIMEOUT,
 )
+from benchmarks.soak_probes import vm_rss_kb, wait_idle
 from server.process import running_server
 
 FLOOD_CLIENTS = 4
@@ -87,7 +87,6 @@ async def scoring_flood(url: str) -> dict[str, Any]:
             "-m",
             "benchmarks.soak_edges",
             url,
-            json.dumps(SCORING),
             stdout=asyncio.subprocess.PIPE,
         )
         await asyncio.sleep(2.0)  # the flood's process starts and fills its places
@@ -179,7 +178,7 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return False
 
 
-async def slow_readers(url: str, port: int, wait_idle: Any) -> dict[str, Any]:
+async def slow_readers(url: str, port: int) -> dict[str, Any]:
     sockets = [_unread_stream(port) for _ in range(SLOW_CONNECTIONS // 4)]
     await asyncio.sleep(SEND_TIMEOUT + 1.0)
     async with httpx.AsyncClient(base_url=url, timeout=10) as observer:
@@ -201,8 +200,6 @@ BIG_BODIES, BIG_BODY_BYTES = 150, 1_990_000
 async def _big_body_wave(port: int, pid: int) -> tuple[int, int]:
     """(peak RSS kB while `BIG_BODIES` connections each hold all but 10 bytes of a big body,
     RSS kB once the server has answered them all 408)."""
-    from benchmarks.bench_soak import vm_rss_kb
-
     head = b"POST /generate HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
     sent = head + b"Content-Length: %d\r\n\r\n" % BIG_BODY_BYTES + b"1" * (BIG_BODY_BYTES - 10)
     held = asyncio.gather(*(_held(port, sent, BODY_TIMEOUT) for _ in range(BIG_BODIES)))
@@ -217,8 +214,6 @@ def big_slow_bodies(checkpoint: Path) -> dict[str, Any]:
     """A server at its default body limit, two waves of big bodies that never finish: the
     buffers are bounded (max_connections x max_request_bytes) and the second wave reuses the
     first's memory instead of adding to it."""
-    from benchmarks.bench_soak import vm_rss_kb
-
     options: dict[str, Any] = {"body_timeout": BODY_TIMEOUT, "max_connections": 2 * BIG_BODIES}
     with running_server(checkpoint, 120.0, {"OMP_NUM_THREADS": "1"}, **options) as handle:
         before = vm_rss_kb(handle.process.pid)
@@ -295,5 +290,4 @@ def edge_failures(figures: dict[str, Any]) -> list[str]:
 
 
 if __name__ == "__main__":
-    SCORING.update(json.loads(sys.argv[2]))
     asyncio.run(flood(sys.argv[1]))
