@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from backtrack.generation_log import Edit, event_entries
 from backtrack.prompts import PromptEncoder
-from backtrack.tiny import build_tiny_llama, tiny_llama_config
+from tests.training.test_evaluate import non_digit_deleter
 from training import analyze
 from training.config import Config
 from training.evaluate import Subject, held_out_problems, run_decoding
@@ -150,15 +149,7 @@ def test_evaluation_logs_each_backtracking_problem_with_its_expected_answer(
 ):
     """A model that deletes every non-digit right after writing it: each decoded problem is one
     line whose edits replay to its answer, and no deletion is judged false (answers are digits)."""
-    digits = torch.tensor(char_tokenizer.convert_tokens_to_ids(list("0123456789")))
-    model = build_tiny_llama(tiny_llama_config(len(char_tokenizer)))
-
-    def backtrack_after_a_non_digit(_module, _args, kwargs, output):
-        non_digit = ~torch.isin(kwargs["input_ids"][:, -1], digits)
-        output.logits[:, -1, backtrack_id] += torch.where(non_digit, 1e4, -1e4)
-        return output
-
-    model.register_forward_hook(backtrack_after_a_non_digit, with_kwargs=True)
+    model = non_digit_deleter(char_tokenizer, backtrack_id)
     problems = held_out_problems(Config(), 6)
     log = EvalEventLog(tmp_path / "eval.jsonl")
     subject = Subject(

@@ -58,12 +58,10 @@ def test_recovery_and_false_backtracks_count_the_backtrack_decisions(
     assert false_backtrack_rate(subject) == rate
 
 
-def test_a_model_that_deletes_only_non_digits_recovers_from_those_alone(
-    char_tokenizer, backtrack_id
-):
-    """The two recovery figures tell apart what the model deletes: here letters, never digits."""
-    digits = torch.tensor(char_tokenizer.convert_tokens_to_ids(list("0123456789")))
-    model = build_tiny_llama(tiny_llama_config(len(char_tokenizer)))
+def non_digit_deleter(tokenizer, backtrack_id: int):
+    """A fresh tiny model that emits BT right after any non-digit, and never after a digit."""
+    digits = torch.tensor(tokenizer.convert_tokens_to_ids(list("0123456789")))
+    model = build_tiny_llama(tiny_llama_config(len(tokenizer)))
 
     def backtrack_after_a_non_digit(_module, _args, kwargs, output):
         non_digit = ~torch.isin(kwargs["input_ids"][:, -1], digits)
@@ -71,6 +69,14 @@ def test_a_model_that_deletes_only_non_digits_recovers_from_those_alone(
         return output
 
     model.register_forward_hook(backtrack_after_a_non_digit, with_kwargs=True)
+    return model
+
+
+def test_a_model_that_deletes_only_non_digits_recovers_from_those_alone(
+    char_tokenizer, backtrack_id
+):
+    """The two recovery figures tell apart what the model deletes: here letters, never digits."""
+    model = non_digit_deleter(char_tokenizer, backtrack_id)
     subject = Subject(
         model,
         char_tokenizer,
