@@ -19,8 +19,8 @@ is most accurate. Recovery alone would pick the lowest such threshold, but a fal
 more than a position: the deleted right token is banned there, so the answer goes wrong (on the
 default checkpoint 0.05 keeps false deletions at 0.9% and recovers 94%, yet decodes 95% greedy
 against argmax's 99%). The chosen threshold is then decoded on the other half, greedy and
-sampled, beside `argmax` and BT suppressed, with forwards per answer (a forward per decision:
-each token drawn and each deletion).
+sampled, beside `argmax` and BT suppressed, with forwards per answer (a forward per decision,
+counted as `training.compare.forwards` counts them).
 Written to `<checkpoint>/calibration.json` and `calibration.png`.
 """
 
@@ -34,14 +34,14 @@ from pathlib import Path
 
 import torch
 
-from backtrack.batch import decode_all, final_event
 from backtrack.checkpoint import CheckpointError, load_checkpoint
-from backtrack.params import BacktrackPolicy, GenerationParams
+from backtrack.params import BacktrackPolicy
 from backtrack.threads import configure_threads
+from training.compare import decode
 from training.config import config_from_dict
 from training.data import encode
 from training.errors import in_distribution_source
-from training.evaluate import BATCH_ROWS, Subject, held_out_problems
+from training.evaluate import Subject, held_out_problems
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MAX_FALSE_BACKTRACKS = 0.01
@@ -115,34 +115,15 @@ def choose_threshold(
 def decoded(
     subject: Subject, temperature: float, policy: BacktrackPolicy, threshold: float = 0.3
 ) -> dict[str, float]:
-    """Exact match, backtracks and forwards per answer of one decoding of the problems."""
-    requests = []
-    for index, problem in enumerate(subject.problems):
-        length = len(subject.tokenizer.encode(problem.response, add_special_tokens=False)) + 4
-        params = GenerationParams(
-            max_new_tokens=length,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else 1.0,
-            seed=index,
-            backtrack_policy=policy,
-            backtrack_threshold=threshold,
-        )
-        requests.append((subject.prompts.completion(problem.prompt), params))
-    correct = backtracks = forwards = 0
-    for index, events in decode_all(
-        subject.model, subject.tokenizer, subject.backtrack_id, requests, max_rows=BATCH_ROWS
-    ):
-        done = final_event(events)
-        correct += done.generated_text == subject.problems[index].response
-        backtracks += done.backtracks
-        # a forward per decision (the prompt's prefill gives the first): each token drawn, EOS
-        # included, and each deletion, whose re-feed rides the next decision's forward
-        forwards += done.sampled_tokens + done.backtracks
-    count = max(1, len(subject.problems))
+    """Exact match, backtracks and forwards per answer of one decoding of the problems
+    (`training.compare.decode`, request i seeded i)."""
+    answers = decode(subject, temperature, policy, threshold=threshold)
+    count = max(1, len(answers))
+    expected = [problem.response for problem in subject.problems]
     return {
-        "accuracy": correct / count,
-        "backtracks_per_answer": backtracks / count,
-        "forwards_per_answer": forwards / count,
+        "accuracy": sum(a.text == e for a, e in zip(answers, expected, strict=True)) / count,
+        "backtracks_per_answer": sum(a.backtracks for a in answers) / count,
+        "forwards_per_answer": sum(a.forwards for a in answers) / count,
     }
 
 

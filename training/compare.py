@@ -63,13 +63,20 @@ class Answer:
 
 
 def decode(
-    subject: Subject, temperature: float, policy: BacktrackPolicy, seed: int = 0
+    subject: Subject,
+    temperature: float,
+    policy: BacktrackPolicy,
+    seed: int = 0,
+    threshold: float | None = None,
 ) -> list[Answer]:
-    """One answer per problem from the server's batch decoder, request i seeded `seed + i`."""
+    """One answer per problem from the server's batch decoder, request i seeded `seed + i`
+    (`threshold`: the `threshold` policy's)."""
     requests = []
     for index, problem in enumerate(subject.problems):
         length = len(subject.tokenizer.encode(problem.response, add_special_tokens=False)) + 4
-        params = decoding_params(temperature, policy, "rewind", seed=seed + index, length=length)
+        params = decoding_params(
+            temperature, policy, "rewind", seed=seed + index, length=length, threshold=threshold
+        )
         requests.append((subject.prompts.completion(problem.prompt), params))
     answers: list[Answer | None] = [None] * len(requests)
     for index, events in decode_all(

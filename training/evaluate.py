@@ -73,9 +73,16 @@ class RunFigures:
 
 
 def decoding_params(
-    temperature: float, policy: BacktrackPolicy, mode: Mode, seed: int, length: int
+    temperature: float,
+    policy: BacktrackPolicy,
+    mode: Mode,
+    seed: int,
+    length: int,
+    threshold: float | None = None,
 ) -> GenerationParams:
+    """One problem's decoding (`threshold`: the `threshold` policy's, default the server's)."""
     sampled = temperature > 0
+    extra = {} if threshold is None else {"backtrack_threshold": threshold}
     return GenerationParams(
         max_new_tokens=length,
         do_sample=sampled,
@@ -83,6 +90,7 @@ def decoding_params(
         seed=seed,
         mode=mode,
         backtrack_policy=policy,
+        **extra,
     )
 
 
