@@ -56,7 +56,8 @@ class ModelConfig:
 class DataConfig:
     task: str | None = "addition"
     """The bundled synthetic task (`addition`, `addition_msd`: answer most significant digit
-    first, `word_addition`); None reads `train_file`/`eval_file` instead."""
+    first, `word_addition`, `path_star`: a path through a star-shaped graph); None reads
+    `train_file`/`eval_file` instead."""
     digits: int = 3
     """Operand digits of the synthetic task."""
     train_size: int = 32000
@@ -69,6 +70,10 @@ class DataConfig:
     chain_share: float = 0.0
     """Synthetic addition: the probability that a column's digits sum to 9 (both splits), which
     makes long carry chains common (`training.tasks`)."""
+    branches: int = 4
+    """`path_star`: the arms leaving the start, one of which leads to the goal."""
+    branch_length: int = 4
+    """`path_star`: the nodes on each arm (the answer's length)."""
     train_file: str | None = None
     """JSONL with `prompt`/`response` or GSM8K's `question`/`answer` on every line."""
     eval_file: str | None = None
@@ -121,6 +126,13 @@ class BacktrackConfig:
     carry_error_share: float = 0.0
     """Addition: the share of corrupted examples whose first error is the digit one too small
     where a carry comes in (`training.carry`), the mistake the task's structure makes likely."""
+    wrong_branch_share: float = 0.0
+    """`path_star`: the share of training examples that first walk a wrong arm to its dead end
+    and delete it (`training.wrong_branches`), how a search is taught."""
+    fallback_share: float = 0.0
+    """BT's share of the target at every other trained position: BT becomes the model's second
+    choice, so when a rewind bans the only good token the model goes further back (repeated
+    rewinds search its alternatives depth first); 0 leaves the targets one-hot."""
     on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     use_curriculum: bool = True
     """True follows `phases`; False uses `max_errors` and `error_share` from the first step."""
@@ -218,6 +230,8 @@ class Config:
         _require(0 <= bt.random_error_share <= 1, "backtrack.random_error_share", "in [0, 1]")
         _require(bt.max_errors >= 0, "backtrack.max_errors", "at least 0")
         _require(0 <= bt.carry_error_share <= 1, "backtrack.carry_error_share", "in [0, 1]")
+        _require(0 <= bt.wrong_branch_share <= 1, "backtrack.wrong_branch_share", "in [0, 1]")
+        _require(0 <= bt.fallback_share < 0.5, "backtrack.fallback_share", "in [0, 0.5)")
         _require(0 <= bt.on_policy.share <= 1, "backtrack.on_policy.share", "in [0, 1]")
         _require(bt.on_policy.span >= 1, "backtrack.on_policy.span", "at least 1")
         _require(bt.on_policy.problems >= 1, "backtrack.on_policy.problems", "at least 1")
@@ -250,6 +264,13 @@ class Config:
             f"one of {', '.join(TASKS)} or null",
         )
         _require(self.data.digits >= 1, "data.digits", "at least 1")
+        _require(self.data.branches >= 2, "data.branches", "at least 2")
+        _require(self.data.branch_length >= 1, "data.branch_length", "at least 1")
+        _require(
+            1 + self.data.branches * self.data.branch_length <= 26,
+            "data.branches",
+            "such that 1 + branches x branch_length is at most 26 (one letter per node)",
+        )
         _require(0 <= self.data.chain_share <= 1, "data.chain_share", "in [0, 1]")
         _require(0 <= self.data.short_operand_share <= 1, "data.short_operand_share", "in [0, 1]")
         _require(

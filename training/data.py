@@ -80,7 +80,7 @@ def load_problems(config: DataConfig) -> tuple[list[Problem], list[Problem]]:
     if config.task is not None:
         task = load_task(
             config.task, config.digits, config.seed, config.short_operand_share,
-            config.chain_share,
+            config.chain_share, config.branches, config.branch_length,
         )  # fmt: skip
         return task.splits(config.train_size, config.eval_size)
     assert config.train_file is not None  # Config.validate guarantees it

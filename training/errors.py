@@ -44,6 +44,10 @@ class Injection:
     split: int
     """Index into the response where the errors go: `response[:split]` is the correct prefix."""
     errors: tuple[int, ...]
+    trace: bool = False
+    """The errors are a wrong path walked to where it shows itself (`training.wrong_branches`):
+    after the first error the model writes them as ordinary next tokens, and BT follows only the
+    last. Otherwise every error is seen at once: each is followed by BT."""
 
 
 @dataclass

@@ -11,6 +11,11 @@ in the sequence (`e1`) is not what that position must predict (`rest[0]`).
   hidden from `rest` and `rest`'s positions continuing from `prefix`. The last prefix position
   predicts `rest[0]`, every error position predicts BT, so after a rewind the model is in a state
   it was trained on.
+
+A trace (`Injection.trace`: a wrong branch walked to its dead end) changes only the errors'
+targets: the first error is still never predicted, but each later one is the target of the one
+before it, and BT only of the last. Under `rewind` that is `e2..ek BT` at the error positions;
+under `masked`, the targets `e2..ek` are trained as well.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def masked_layout(example: Example, injection: Injection, backtrack_id: int) -> 
     ids = prompt + prefix + errors + [backtrack_id] * len(errors) + rest
     targets = _next_token_targets(ids, len(prompt))
     first_error = len(prompt) + len(prefix)
-    for index in range(first_error - 1, first_error + len(errors) - 1):
+    made = 1 if injection.trace else len(errors)  # a trace's later errors are the walk itself
+    for index in range(first_error - 1, first_error + made - 1):
         targets[index] = IGNORE  # these positions would learn to make the errors
     return Layout(ids, targets, list(range(len(ids))))
 
@@ -58,7 +64,8 @@ def rewind_layout(example: Example, injection: Injection, backtrack_id: int) -> 
     start = len(prompt) + len(prefix)
     ids = prompt + prefix + errors + rest
     clean_targets = _next_token_targets(prompt + prefix + rest, len(prompt))
-    targets = clean_targets[:start] + [backtrack_id] * len(errors) + clean_targets[start:]
+    after_errors = [*errors[1:], backtrack_id] if injection.trace else [backtrack_id] * len(errors)
+    targets = clean_targets[:start] + after_errors + clean_targets[start:]
     positions = list(range(start)) + [start + j for j in range(len(errors))]
     positions += list(range(start, start + len(rest)))
     return Layout(ids, targets, positions, hidden=(start, start + len(errors)))

@@ -36,6 +36,7 @@ from backtrack.row import eos_token_ids
 from training.carry import CarryPlanter
 from training.data import Example
 from training.errors import Injection, Injector
+from training.wrong_branches import WrongBranchPlanter
 
 logger = logging.getLogger(__name__)
 
@@ -134,18 +135,21 @@ def mine(
 
 @dataclass
 class SelfCorrectionInjector(Injector):
-    """The synthetic injector, plus mined errors and carry-planted ones.
+    """The synthetic injector, plus mined errors, carry-planted ones and wrong branches.
 
     A training slot holds one of the mined examples (with its own first wrong token) with
     probability `mined_share`, so mined errors make up that share of every batch however few
     problems were mined; otherwise the synthetic decision stands, and a corrupted example's
     first error becomes a carry error with probability `carry_share` (where the answer takes a
-    carry)."""
+    carry). With `branches`, a slot instead walks a wrong branch to its dead end with
+    probability `branch_share` (`training.wrong_branches`), whatever the curriculum's phase."""
 
     mined: list[tuple[Example, Injection]] = field(default_factory=list)
     mined_share: float = 0.0
     carry: CarryPlanter | None = None
     carry_share: float = 0.0
+    branches: WrongBranchPlanter | None = None
+    branch_share: float = 0.0
 
     def choose(self, example: Example) -> tuple[Example, Injection | None]:
         if self.mined and self.rng.random() < self.mined_share:
@@ -153,6 +157,12 @@ class SelfCorrectionInjector(Injector):
             self.counts["mined"] += 1
             self.counts[len(injection.errors)] += 1
             return example, injection
+        if self.branches is not None and self.rng.random() < self.branch_share:
+            planted = self.branches.plant(example, self.rng)
+            if planted is not None:
+                self.counts["wrong_branch"] += 1
+                self.counts[len(planted.errors)] += 1
+                return example, planted
         return example, self(example)
 
     def _draw(self, example: Example) -> Injection | None:

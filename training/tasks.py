@@ -25,6 +25,10 @@ words, which a model trained from scratch would first have to learn to read and 
     prompt   "Q: What is forty-seven plus eight?\nA:"
     response " fifty-five"
 
+`path_star` (`training.path_star`): the path from the centre of a star-shaped graph to the leaf
+given as the goal, a planning task that models trained on correct paths alone get wrong about as
+often as there are wrong arms, and that backtracking turns into a search.
+
 Each task's train and held-out splits are fixed by a seed and never share a problem.
 """
 
@@ -33,13 +37,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-TASKS = ("addition", "addition_msd", "word_addition")
+from training.path_star import PathStarTask
+from training.problem import Problem
 
+__all__ = ["TASKS", "AdditionTask", "PathStarTask", "Problem", "WordAdditionTask", "load_task"]
 
-@dataclass(frozen=True)
-class Problem:
-    prompt: str
-    response: str
+TASKS = ("addition", "addition_msd", "word_addition", "path_star")
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ class WordAdditionTask:
         return train, [self.problem(a, b) for a, b in sorted(held_out)]
 
 
-Task = AdditionTask | WordAdditionTask
+Task = AdditionTask | WordAdditionTask | PathStarTask
 
 
 def load_task(
@@ -186,11 +189,15 @@ def load_task(
     seed: int,
     short_operand_share: float = 0.0,
     chain_share: float = 0.0,
+    branches: int = 4,
+    branch_length: int = 4,
 ) -> Task:
     if name not in TASKS:
         raise ValueError(f"data.task must be one of {TASKS}, got {name!r}")
     if name == "word_addition":
         return WordAdditionTask(seed=seed)
+    if name == "path_star":
+        return PathStarTask(branches, branch_length, seed)
     return AdditionTask(
         digits=digits,
         seed=seed,

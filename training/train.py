@@ -38,20 +38,43 @@ from training.curriculum import CurriculumCallback
 from training.data import ExampleDataset, build_datasets, prompt_encoder
 from training.distributed import enable_fsdp_on_cpu
 from training.errors import ErrorPlan, Injector, build_source
+from training.fallback import fallback_loss
 from training.modeling import StartingPoint, starting_point
 from training.on_policy import OnPolicyCallback, SelfCorrectionInjector
 from training.plots import save_loss_curve
 from training.resources import peak_rss_mb, run_figures
+from training.wrong_branches import WrongBranchPlanter
 
 logger = logging.getLogger("training")
 
 
 class BacktrackTrainer(Trainer):
-    """A Trainer whose evaluation batches stay clean while training batches carry errors."""
+    """A Trainer whose evaluation batches stay clean while training batches carry errors, and
+    whose loss gives BT a share of every other target when `fallback_share` is set."""
 
-    def __init__(self, *args, eval_collator: BacktrackCollator, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        eval_collator: BacktrackCollator,
+        backtrack_id: int | None = None,
+        fallback_share: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
+        self.backtrack_id = backtrack_id
+        self.fallback_share = fallback_share
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.fallback_share or self.backtrack_id is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        targets = inputs["shift_labels"]
+        forward = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+        outputs = model(**forward)
+        loss = fallback_loss(
+            outputs.logits, targets, self.backtrack_id, self.fallback_share, num_items_in_batch
+        )
+        return (loss, outputs) if return_outputs else loss
 
     def get_eval_dataloader(self, eval_dataset=None):
         train_collator, self.data_collator = self.data_collator, self.eval_collator
@@ -159,6 +182,8 @@ def build_trainer(
         data_collator=_collator(config, start, injector),
         eval_collator=_collator(config, start, None),
         callbacks=callbacks or None,
+        backtrack_id=start.backtrack_id,
+        fallback_share=bt.fallback_share if bt.use_backtrack else 0.0,
     )
     return trainer, callback
 
@@ -200,7 +225,7 @@ def _injector(
         config.backtrack.random_error_share,
     )
     bt = config.backtrack
-    if not bt.on_policy.steps and bt.carry_error_share == 0:
+    if not bt.on_policy.steps and bt.carry_error_share == 0 and bt.wrong_branch_share == 0:
         return Injector(source, ErrorPlan(), seed=seed)
     carry = None
     if bt.carry_error_share:
@@ -213,6 +238,8 @@ def _injector(
         mined_share=bt.on_policy.share,
         carry=carry,
         carry_share=bt.carry_error_share,
+        branches=WrongBranchPlanter(start.tokenizer) if bt.wrong_branch_share else None,
+        branch_share=bt.wrong_branch_share,
     )
 
 
