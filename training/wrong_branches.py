@@ -29,16 +29,18 @@ class WrongBranchPlanter:
     tokenizer: PreTrainedTokenizerBase
 
     def plant(self, example: Example, rng: random.Random) -> Injection | None:
-        prompt = self.tokenizer.decode(example.prompt_ids, skip_special_tokens=True)
-        found = arms_of(prompt)
+        found = arms_of(self._text(example.prompt_ids))
         if found is None:
             return None
         arms, _ = found
-        answer = "".join(
-            self.tokenizer.decode(example.response_ids, skip_special_tokens=True).split()
-        )
+        answer = "".join(self._text(example.response_ids).split())
         wrong = [arm for arm in arms if arm != answer]
         if len(wrong) == len(arms) or not wrong:
             return None  # the answer is not one of the arms: not this task's example
         ids = self.tokenizer.encode(spaced(rng.choice(wrong)), add_special_tokens=False)
         return Injection(0, tuple(ids), trace=True)
+
+    def _text(self, ids: tuple[int, ...]) -> str:
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one text out
+        return text
