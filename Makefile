@@ -16,7 +16,7 @@ LINT_VENV ?= .venv-lint
 .PHONY: help install test test-tools test-slow test-browser lint typecheck check format train eval calibrate eval-http eval-seeds analyze serve bench bench-peers bench-step bench-soak wheels test-gpu docker-lint deploy-lint reference test-image clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,15 @@ SEED_THREADS ?= 1 2
 SEED_JOBS ?= 2
 eval-seeds: install ## train and evaluate CONFIG for every seed x thread count, table in runs/seeds/summary.md
 	$(PY) -m training.seeds --config $(CONFIG) --seeds $(SEEDS) --threads $(SEED_THREADS) --jobs $(SEED_JOBS) --out runs/seeds
+
+SEARCH_CONFIG ?= configs/smollm2_path_star.yaml
+search-smollm2: install ## path_star on SmolLM2: BT and plain SFT trained side by side (1 thread each), then compared at equal forwards (~40 min)
+	bash scripts/fetch_smollm2.sh $(PY)
+	$(PY) -m training.train --config $(SEARCH_CONFIG) training.output_dir=checkpoints/smollm2_path_star & \
+	$(PY) -m training.train --config $(SEARCH_CONFIG) backtrack.use_backtrack=false \
+	    training.output_dir=checkpoints/smollm2_path_star_plain; wait
+	$(PY) -m training.compare --backtrack checkpoints/smollm2_path_star \
+	    --plain checkpoints/smollm2_path_star_plain --problems 300
 
 serve: install $(CHECKPOINT)/backtrack.json ## serve CHECKPOINT on HOST:PORT (trains the default first if missing)
 	$(PY) -m server --checkpoint $(CHECKPOINT) --host $(HOST) --port $(PORT)
