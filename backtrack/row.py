@@ -196,6 +196,7 @@ class Row:
             banned=frozenset(banned) if banned else frozenset(),
             barred=self.setup.eos_ids if eos_barred else frozenset(),
             may_backtrack=self._deletions_possible(),
+            ends=self.setup.eos_ids,
         )
 
     # -- decisions ---------------------------------------------------------------------------

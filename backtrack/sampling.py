@@ -53,6 +53,8 @@ class RowSampling:
     bad-words or allowed-tokens list would belong here too): the decision never sees them."""
     may_backtrack: bool = True
     """False once the deletion budget is spent: BT is no candidate, as under policy `never`."""
+    ends: frozenset[int] = frozenset()
+    """The request's end tokens (EOS): where one leads, bans do not reach the decision (`ban`)."""
 
 
 @dataclass(frozen=True)
@@ -160,14 +162,24 @@ def _unless_empty(masked: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
 
 def ban(logits: torch.Tensor, rows: Sequence[RowSampling], backtrack_id: int) -> torch.Tensor:
     """The distribution the backtrack decision is taken on: each row's bans applied (unless
-    they would leave it no ordinary token), its bars not (they must not feed BT)."""
+    they would leave it no ordinary token), its bars not (they must not feed BT).
+
+    Nor do bans reach the decision where an end token (EOS) leads: there the model says the
+    answer is done. Under `ignore_eos` the tokens it is made to write instead, erased and banned
+    one by one, would otherwise raise BT's share there until the threshold policy deleted the
+    text written before, which the same request free to end keeps. (EOS is never banned: it
+    ends a request, so no rewind erases it.)"""
     banned = _masked(logits, [row.banned - {backtrack_id} for row in rows])
     if banned is logits:
         return logits
     ordinary = banned.clone()
     ordinary[:, backtrack_id] = NEG_INF
-    has_choice = ordinary.amax(dim=-1, keepdim=True) > NEG_INF
-    return torch.where(has_choice, banned, logits)
+    keep = ordinary.amax(dim=-1, keepdim=True) > NEG_INF
+    if any(row.ends for row in rows):
+        leaders = logits.argmax(dim=-1).tolist()
+        end_leads = [leader in row.ends for leader, row in zip(leaders, rows, strict=True)]
+        keep &= ~torch.tensor(end_leads, device=logits.device).unsqueeze(1)
+    return torch.where(keep, banned, logits)
 
 
 def ordinary_scores(

@@ -260,6 +260,7 @@ def decode_row(
 ) -> RowResult:
     """One prompt to the end: a decision per step, BT erasing the last visible token."""
     bt, most, least = settings.backtrack_id, *settings.limits(len(prompt))
+    eos = settings.eos_ids
     cached, result = CachedModel(model), RowResult()
     visible, context = result.visible, list(prompt)
     bans: dict[int, set[int]] = {}
@@ -276,9 +277,10 @@ def decode_row(
     while True:
         banned = bans.get(len(visible), set()) - {bt}
         penalised = context if settings.repetition_penalty != 1.0 else []
-        # the decision sees the rewind's bans (unless they leave no ordinary token), never a bar
+        # the decision sees the rewind's bans (unless they leave no ordinary token, or EOS
+        # leads), never a bar
         decision = _masked(logits, banned)
-        if banned and bool(_masked(decision, {bt}).max() == NEG_INF):
+        if bool(_masked(decision, {bt}).max() == NEG_INF) or int(logits.argmax()) in eos:
             decision = logits
         policy = settings.backtrack_policy if may_backtrack() else "never"
         if policy == "argmax":

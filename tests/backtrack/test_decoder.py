@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backtrack.decoder import Sequence, generate
@@ -171,6 +171,10 @@ BUDGET_CASE = {
 
 
 @FIXTURES
+@example(  # threshold policy: fillers banned one by one once raised BT's share past it
+    prompt="1ac40yz7532=", bt_bias=6.0, eos_bias=1.0, policy="threshold", budget=4,
+    max_new_tokens=4,
+)  # fmt: skip
 @given(**BUDGET_CASE)
 def test_ignore_eos_gives_exactly_max_new_tokens_and_keeps_the_text_written_before_eos(
     tiny_model,

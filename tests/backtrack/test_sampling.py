@@ -321,3 +321,30 @@ def test_a_bar_that_would_leave_nothing_is_dropped():
     logits = probs_to_logits([0.1, 0.2, 0.4, 0.3])
     choices = decide(logits, [row(GenerationParams(), barred={0, 1, 2})], BT)
     assert choices.tokens == [2]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    banned=st.frozensets(st.sampled_from([t for t in ORDINARY if t != 0]), min_size=1),
+    threshold=st.floats(0.05, 0.95),
+)
+def test_bans_do_not_raise_bt_where_eos_leads(banned, threshold):
+    """EOS first (token 0 here) and BT a close second, other tokens erased and banned: the
+    threshold decision is the one without the bans, so a request made to go on past its answer
+    (`ignore_eos`) never deletes what it wrote before, as the same request free to end would not."""
+    logits = torch.zeros(1, VOCAB)
+    logits[0, 0], logits[0, BT] = 3.0, 2.5
+    params = GenerationParams(backtrack_policy="threshold", backtrack_threshold=threshold)
+    free = row(params)
+    with_bans = RowSampling(
+        params, torch.Generator(), [], frozenset(banned), frozenset({0}), ends=frozenset({0})
+    )
+    assert (
+        decide(logits, [with_bans], BT).wants_backtrack
+        == decide(logits, [free], BT).wants_backtrack
+    )
+    if len(banned) == len(ORDINARY) - 1:  # every ordinary token but EOS banned
+        without_end = RowSampling(params, torch.Generator(), [], frozenset(banned))
+        assert decide(logits, [without_end], BT).wants_backtrack == [
+            float(torch.softmax(logits[0, [0, BT]], dim=-1)[1]) > threshold
+        ]
