@@ -277,10 +277,9 @@ def decode_row(
     while True:
         banned = bans.get(len(visible), set()) - {bt}
         penalised = context if settings.repetition_penalty != 1.0 else []
-        # the decision sees the rewind's bans (unless they leave no ordinary token, or EOS
-        # leads), never a bar
-        decision = _masked(logits, banned)
-        if bool(_masked(decision, {bt}).max() == NEG_INF) or int(logits.argmax()) in eos:
+        # the decision sees the rewind's bans (unless EOS leads or no token is left), never a bar
+        decision = logits if int(logits.argmax()) in eos else _masked(logits, banned)
+        if banned and bool(_masked(decision, {bt}).max() == NEG_INF):
             decision = logits
         policy = settings.backtrack_policy if may_backtrack() else "never"
         if policy == "argmax":

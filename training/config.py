@@ -22,6 +22,7 @@ from pydantic.dataclasses import dataclass
 
 from backtrack.prompts import PROMPT_FORMATS
 from backtrack.validation import problems
+from training.path_star import LABELS as PATH_STAR_LABELS
 from training.tasks import TASKS
 
 Objective = Literal["rewind", "masked"]
@@ -267,9 +268,10 @@ class Config:
         _require(self.data.branches >= 2, "data.branches", "at least 2")
         _require(self.data.branch_length >= 1, "data.branch_length", "at least 1")
         _require(
-            1 + self.data.branches * self.data.branch_length <= 26,
+            1 + self.data.branches * self.data.branch_length <= len(PATH_STAR_LABELS),
             "data.branches",
-            "such that 1 + branches x branch_length is at most 26 (one letter per node)",
+            f"such that 1 + branches x branch_length is at most {len(PATH_STAR_LABELS)}"
+            " (one letter per node)",
         )
         _require(0 <= self.data.chain_share <= 1, "data.chain_share", "in [0, 1]")
         _require(0 <= self.data.short_operand_share <= 1, "data.short_operand_share", "in [0, 1]")

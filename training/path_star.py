@@ -30,7 +30,7 @@ from training.problem import Problem
 
 LABELS = string.ascii_lowercase
 EDGES, EDGE_SEPARATOR, QUERY = "edges:", ",", ". path from {start} to {goal}:"
-QUERY_PATTERN = re.compile(r"^(?P<edges>.*)\. path from (?P<start>[a-z]) to (?P<goal>[a-z]):$")
+QUERY_PATTERN = re.compile(r"(?P<edges>.*?)\. path from (?P<start>[a-z]) to (?P<goal>[a-z]):")
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,9 @@ def spaced(nodes: str) -> str:
 def read_graph(prompt: str) -> tuple[dict[str, list[str]], str, str] | None:
     """(successors of each node, start, goal) from a `path_star` prompt; None for another text.
 
-    The task's text is found anywhere in the prompt, so a chat template around it does no harm."""
-    found = QUERY_PATTERN.match(prompt.strip().rpartition(EDGES)[2].strip())
+    Read from the last `edges:` to the question's colon, so a chat template's text around the
+    task's does no harm."""
+    found = QUERY_PATTERN.match(prompt.rpartition(EDGES)[2])
     if found is None:
         return None
     successors: dict[str, list[str]] = {}
