@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # The linters' own small environment: `make lint` needs neither the project nor torch.
 LINT_VENV ?= .venv-lint
 
-.PHONY: help install test test-tools test-slow test-browser lint typecheck check format train eval calibrate eval-http eval-seeds analyze serve bench bench-peers bench-step bench-soak wheels test-gpu docker-lint deploy-lint reference test-image clean
+.PHONY: help install test test-tools test-slow test-browser lint typecheck check format train eval calibrate eval-http eval-seeds self-correction analyze serve bench bench-peers bench-step bench-soak wheels test-gpu docker-lint deploy-lint reference test-image clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -89,6 +89,10 @@ SEED_THREADS ?= 1 2
 SEED_JOBS ?= 2
 eval-seeds: install ## train and evaluate CONFIG for every seed x thread count, table in runs/seeds/summary.md
 	$(PY) -m training.seeds --config $(CONFIG) --seeds $(SEEDS) --threads $(SEED_THREADS) --jobs $(SEED_JOBS) --out runs/seeds
+
+SELF_CORRECTION_CONFIG ?= configs/self_correction.yaml
+self-correction: install ## checksum search from scratch: BT and plain SFT per seed (SEEDS), compared at equal forwards, table in runs/self_correction/summary.md
+	$(PY) -m training.compare_seeds --config $(SELF_CORRECTION_CONFIG) --seeds $(SEEDS) --out runs/self_correction
 
 SEARCH_CONFIG ?= configs/smollm2_path_star.yaml
 search-smollm2: install ## path_star on SmolLM2: BT and plain SFT trained side by side (1 thread each), then compared at equal forwards (~40 min)

@@ -19,7 +19,9 @@ re-feeds the token before), plus the final review of a length-limited answer. Fa
 are reported twice: BT as the argmax on a correct prefix (teacher-forced, as `training.evaluate`
 counts it), and correct tokens deleted during greedy decoding, per answer. "Own errors caught"
 asks what backtracking at greedy decoding depends on: at the first wrong token of the model's
-own BT-suppressed answer, is BT its next argmax?
+own BT-suppressed answer, is BT its next argmax? On a search task the mistake shows itself only
+later, so "repaired" counts the answers that held a wrong token at some point and still ended
+right.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Answer:
     forwards: int
     backtracks: int
     correct_deletions: int
+    strayed: bool = False
+    """At some point the answer held a token that was wrong (its prefix left the expected one)."""
 
 
 def decode(
@@ -84,25 +88,27 @@ def decode(
     ):
         done = final_event(events)
         expected = subject.problems[index].response
-        deleted = _deleted_right(events, expected, subject)
+        deleted, strayed = _deletions(events, expected, subject)
         cost = forwards(done, policy != "never")
-        answers[index] = Answer(done.generated_text, cost, done.backtracks, deleted)
+        answers[index] = Answer(done.generated_text, cost, done.backtracks, deleted, strayed)
     return [answer for answer in answers if answer is not None]
 
 
-def _deleted_right(events: list[Event], expected: str, subject: Subject) -> int:
-    """Deletions of a token that, with everything before it, matched the expected answer."""
+def _deletions(events: list[Event], expected: str, subject: Subject) -> tuple[int, bool]:
+    """(deletions of a token that, with everything before it, matched the expected answer;
+    whether the answer ever held a token that did not)."""
     expected_ids = subject.tokenizer.encode(expected, add_special_tokens=False)
     ids: list[int] = []
-    count = 0
+    count, strayed = 0, False
     for event in events:
         if isinstance(event, TokenEvent):
             del ids[event.index :]
             ids.append(event.id)
+            strayed |= ids != expected_ids[: len(ids)]
         elif isinstance(event, BacktrackEvent):
             count += ids[: event.index + 1] == expected_ids[: event.index + 1]
             del ids[event.index :]
-    return count
+    return count, strayed
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,9 @@ class Row:
     forwards_per_answer: float
     backtracks_per_answer: float = 0.0
     correct_deletions_per_answer: float = 0.0
+    repaired: float = 0.0
+    """The share of answers that held a wrong token at some point and ended right: the model's
+    own mistakes it found and undid (on a search task, wrong branches walked and left)."""
 
 
 def summarise(name: str, answers: list[Answer], subject: Subject) -> Row:
@@ -123,6 +132,11 @@ def summarise(name: str, answers: list[Answer], subject: Subject) -> Row:
         sum(a.forwards for a in answers) / count,
         sum(a.backtracks for a in answers) / count,
         sum(a.correct_deletions for a in answers) / count,
+        sum(
+            a.strayed and a.text == p.response
+            for a, p in zip(answers, subject.problems, strict=True)
+        )
+        / count,
     )
 
 
@@ -201,13 +215,15 @@ def format_table(figures: dict) -> str:
     lines = [
         f"{figures['problems']} held-out problems; votes sampled at "
         f"T={figures['vote_temperature']:g}",
-        "| decoding | exact match | forwards / answer | backtracks / answer | right tokens deleted / answer |",
-        "|---|---|---|---|---|",
+        "| decoding | exact match | forwards / answer | backtracks / answer "
+        "| right tokens deleted / answer | repaired |",
+        "|---|---|---|---|---|---|",
     ]
     for row in figures["rows"]:
         lines.append(
             f"| {row['name']} | {100 * row['accuracy']:.1f}% | {row['forwards_per_answer']:.2f} "
-            f"| {row['backtracks_per_answer']:.3f} | {row['correct_deletions_per_answer']:.3f} |"
+            f"| {row['backtracks_per_answer']:.3f} | {row['correct_deletions_per_answer']:.3f} "
+            f"| {100 * row.get('repaired', 0.0):.1f}% |"
         )
     lines.append(
         f"false backtrack rate (BT argmax on a correct prefix): "

@@ -23,7 +23,7 @@ from pydantic.dataclasses import dataclass
 from backtrack.prompts import PROMPT_FORMATS
 from backtrack.validation import problems
 from training.path_star import LABELS as PATH_STAR_LABELS
-from training.tasks import TASKS
+from training.tasks import SEARCH_TASKS, TASKS
 
 Objective = Literal["rewind", "masked"]
 ErrorSourceName = Literal["random", "in_distribution", "mixed"]
@@ -57,7 +57,8 @@ class ModelConfig:
 class DataConfig:
     task: str | None = "addition"
     """The bundled synthetic task (`addition`, `addition_msd`: answer most significant digit
-    first, `word_addition`, `path_star`: a path through a star-shaped graph); None reads
+    first, `word_addition`, `path_star`: a path through a star-shaped graph, `checksum`: the
+    number whose digits sum to a target); None reads
     `train_file`/`eval_file` instead."""
     digits: int = 3
     """Operand digits of the synthetic task."""
@@ -72,9 +73,11 @@ class DataConfig:
     """Synthetic addition: the probability that a column's digits sum to 9 (both splits), which
     makes long carry chains common (`training.tasks`)."""
     branches: int = 4
-    """`path_star`: the arms leaving the start, one of which leads to the goal."""
+    """`path_star`: the arms leaving the start, one of which leads to the goal; `checksum`: the
+    numbers to pick from."""
     branch_length: int = 4
-    """`path_star`: the nodes on each arm (the answer's length)."""
+    """`path_star`: the nodes on each arm (the answer's length); `checksum`: each number's
+    digits."""
     train_file: str | None = None
     """JSONL with `prompt`/`response` or GSM8K's `question`/`answer` on every line."""
     eval_file: str | None = None
@@ -128,8 +131,8 @@ class BacktrackConfig:
     """Addition: the share of corrupted examples whose first error is the digit one too small
     where a carry comes in (`training.carry`), the mistake the task's structure makes likely."""
     wrong_branch_share: float = 0.0
-    """`path_star`: the share of training examples that first walk a wrong arm to its dead end
-    and delete it (`training.wrong_branches`), how a search is taught."""
+    """`path_star`, `checksum`: the share of training examples that first walk a wrong branch to
+    its dead end and delete it (`training.wrong_branches`), how a search is taught."""
     fallback_share: float = 0.0
     """BT's share of the target at every other trained position: BT becomes the model's second
     choice, so when a rewind bans the only good token the model goes further back (repeated
@@ -232,6 +235,11 @@ class Config:
         _require(bt.max_errors >= 0, "backtrack.max_errors", "at least 0")
         _require(0 <= bt.carry_error_share <= 1, "backtrack.carry_error_share", "in [0, 1]")
         _require(0 <= bt.wrong_branch_share <= 1, "backtrack.wrong_branch_share", "in [0, 1]")
+        _require(
+            bt.wrong_branch_share == 0 or self.data.task in SEARCH_TASKS,
+            "backtrack.wrong_branch_share",
+            f"0 unless data.task is one of {', '.join(SEARCH_TASKS)}",
+        )
         _require(0 <= bt.fallback_share < 0.5, "backtrack.fallback_share", "in [0, 0.5)")
         _require(0 <= bt.on_policy.share <= 1, "backtrack.on_policy.share", "in [0, 1]")
         _require(bt.on_policy.span >= 1, "backtrack.on_policy.span", "at least 1")
@@ -268,10 +276,16 @@ class Config:
         _require(self.data.branches >= 2, "data.branches", "at least 2")
         _require(self.data.branch_length >= 1, "data.branch_length", "at least 1")
         _require(
-            1 + self.data.branches * self.data.branch_length <= len(PATH_STAR_LABELS),
+            self.data.task != "path_star"
+            or 1 + self.data.branches * self.data.branch_length <= len(PATH_STAR_LABELS),
             "data.branches",
             f"such that 1 + branches x branch_length is at most {len(PATH_STAR_LABELS)}"
             " (one letter per node)",
+        )
+        _require(
+            self.data.task != "checksum" or self.data.branches <= len(PATH_STAR_LABELS),
+            "data.branches",
+            f"at most {len(PATH_STAR_LABELS)} for checksum (one letter per number)",
         )
         _require(0 <= self.data.chain_share <= 1, "data.chain_share", "in [0, 1]")
         _require(0 <= self.data.short_operand_share <= 1, "data.short_operand_share", "in [0, 1]")

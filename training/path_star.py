@@ -136,3 +136,16 @@ def arms_of(prompt: str) -> tuple[list[str], str] | None:
             node = nexts[0] if len(nexts) == 1 else ""
         arms.append(arm)
     return arms, goal
+
+
+def wrong_answers(prompt: str, answer: str) -> list[str] | None:
+    """The other arms, written as an answer; None when `prompt` is not this task's or `answer`
+    is not one of its arms."""
+    found = arms_of(prompt)
+    if found is None:
+        return None
+    arms = found[0]
+    walked = "".join(answer.split())
+    if walked not in arms:
+        return None
+    return [spaced(arm) for arm in arms if arm != walked]

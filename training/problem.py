@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -9,3 +10,8 @@ from dataclasses import dataclass
 class Problem:
     prompt: str
     response: str
+
+
+WrongAnswers = Callable[[str, str], "list[str] | None"]
+"""A search task's (prompt, right answer) -> every wrong answer a search may walk; None for
+another task's text (`training.wrong_branches`)."""

@@ -29,6 +29,10 @@ words, which a model trained from scratch would first have to learn to read and 
 given as the goal, a planning task that models trained on correct paths alone get wrong about as
 often as there are wrong arms, and that backtracking turns into a search.
 
+`checksum` (`training.checksum`): pick the one number whose digits sum to the target (mod 10),
+writing its running sums; the same search as `path_star` for a model trained from scratch (every
+step is a two-digit addition at a fixed offset, not a lookup).
+
 Each task's train and held-out splits are fixed by a seed and never share a problem.
 """
 
@@ -37,12 +41,22 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from training import checksum, path_star
+from training.checksum import ChecksumTask
 from training.path_star import PathStarTask
-from training.problem import Problem
+from training.problem import Problem, WrongAnswers
 
-__all__ = ["TASKS", "AdditionTask", "PathStarTask", "Problem", "WordAdditionTask", "load_task"]
+__all__ = [
+    "SEARCH_TASKS", "TASKS", "AdditionTask", "ChecksumTask", "PathStarTask", "Problem",
+    "WordAdditionTask", "load_task",
+]  # fmt: skip
 
-TASKS = ("addition", "addition_msd", "word_addition", "path_star")
+SEARCH_TASKS: dict[str, WrongAnswers] = {
+    "path_star": path_star.wrong_answers,
+    "checksum": checksum.wrong_answers,
+}
+"""The tasks whose wrong branches `backtrack.wrong_branch_share` walks, with how to find them."""
+TASKS = ("addition", "addition_msd", "word_addition", *SEARCH_TASKS)
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,7 @@ class WordAdditionTask:
         return train, [self.problem(a, b) for a, b in sorted(held_out)]
 
 
-Task = AdditionTask | WordAdditionTask | PathStarTask
+Task = AdditionTask | WordAdditionTask | PathStarTask | ChecksumTask
 
 
 def load_task(
@@ -198,6 +212,8 @@ def load_task(
         return WordAdditionTask(seed=seed)
     if name == "path_star":
         return PathStarTask(branches, branch_length, seed)
+    if name == "checksum":
+        return ChecksumTask(branches, branch_length, seed)
     return AdditionTask(
         digits=digits,
         seed=seed,

@@ -43,6 +43,7 @@ from training.modeling import StartingPoint, starting_point
 from training.on_policy import OnPolicyCallback, SelfCorrectionInjector
 from training.plots import save_loss_curve
 from training.resources import peak_rss_mb, run_figures
+from training.tasks import SEARCH_TASKS
 from training.wrong_branches import WrongBranchPlanter
 
 logger = logging.getLogger("training")
@@ -238,9 +239,15 @@ def _injector(
         mined_share=bt.on_policy.share,
         carry=carry,
         carry_share=bt.carry_error_share,
-        branches=WrongBranchPlanter(start.tokenizer) if bt.wrong_branch_share else None,
+        branches=_planter(config, start),
         branch_share=bt.wrong_branch_share,
     )
+
+
+def _planter(config: Config, start: StartingPoint) -> WrongBranchPlanter | None:
+    if not config.backtrack.wrong_branch_share or config.data.task is None:
+        return None  # Config.validate ties the share to a search task
+    return WrongBranchPlanter(start.tokenizer, SEARCH_TASKS[config.data.task])
 
 
 class FollowFreeCores(TrainerCallback):

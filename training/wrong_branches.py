@@ -19,25 +19,22 @@ from transformers import PreTrainedTokenizerBase
 
 from training.data import Example
 from training.errors import Injection
-from training.path_star import arms_of, spaced
+from training.problem import WrongAnswers
 
 
 @dataclass(frozen=True)
 class WrongBranchPlanter:
-    """Plants one of the other arms, whole, before the right path (module docstring)."""
+    """Plants one of the other branches, whole, before the right answer (module docstring):
+    `wrong_answers` is the task's (`path_star.wrong_answers`, `checksum.wrong_answers`)."""
 
     tokenizer: PreTrainedTokenizerBase
+    wrong_answers: WrongAnswers
 
     def plant(self, example: Example, rng: random.Random) -> Injection | None:
-        found = arms_of(self._text(example.prompt_ids))
-        if found is None:
-            return None
-        arms, _ = found
-        answer = "".join(self._text(example.response_ids).split())
-        wrong = [arm for arm in arms if arm != answer]
-        if len(wrong) == len(arms) or not wrong:
-            return None  # the answer is not one of the arms: not this task's example
-        ids = self.tokenizer.encode(spaced(rng.choice(wrong)), add_special_tokens=False)
+        wrong = self.wrong_answers(self._text(example.prompt_ids), self._text(example.response_ids))
+        if not wrong:
+            return None  # not this task's example
+        ids = self.tokenizer.encode(rng.choice(wrong), add_special_tokens=False)
         return Injection(0, tuple(ids), trace=True)
 
     def _text(self, ids: tuple[int, ...]) -> str:

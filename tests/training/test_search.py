@@ -18,7 +18,7 @@ from training.errors import ErrorPlan, Injection, build_source
 from training.fallback import fallback_loss
 from training.objectives import IGNORE, layout
 from training.on_policy import SelfCorrectionInjector
-from training.path_star import LABELS, PathStarTask, arms_of, read_graph
+from training.path_star import LABELS, PathStarTask, arms_of, read_graph, wrong_answers
 from training.tasks import load_task
 from training.wrong_branches import WrongBranchPlanter
 
@@ -79,7 +79,7 @@ def star_example(char_tokenizer) -> tuple[Example, list[str]]:
 
 def test_a_wrong_branch_is_a_whole_other_arm_planted_as_a_trace(char_tokenizer, star_example):
     example, arms = star_example
-    planter = WrongBranchPlanter(char_tokenizer)
+    planter = WrongBranchPlanter(char_tokenizer, wrong_answers)
     answer = "".join(char_tokenizer.decode(example.response_ids, skip_special_tokens=True).split())
     planted = {planter.plant(example, random.Random(seed)) for seed in range(40)}
     walked = {"".join(char_tokenizer.decode(list(p.errors)).split()) for p in planted}
@@ -122,7 +122,7 @@ def test_the_injector_walks_wrong_branches_in_its_share_of_slots(char_tokenizer,
         source,
         ErrorPlan(),
         seed=0,
-        branches=WrongBranchPlanter(char_tokenizer),
+        branches=WrongBranchPlanter(char_tokenizer, wrong_answers),
         branch_share=0.5,
     )
     chosen = [injector.choose(example)[1] for _ in range(400)]

@@ -201,7 +201,7 @@ def test_a_tiny_run_mines_its_own_errors_and_plants_carries(tmp_path):
     output = tmp_path / "run"
     train.main(
         [
-            "--config", str(CONFIGS / "self_correction.yaml"),
+            "--config", str(CONFIGS / "addition_msd.yaml"),
             "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
             "data.digits=3", "data.train_size=64", "data.eval_size=8",
             "training.per_device_train_batch_size=8", "training.max_steps=4",
