@@ -9,9 +9,9 @@ addition of two digits (the sum so far and the next digit of the chosen number, 
 offset), which a small model learns quickly; the label needs every number's sum at once, in one
 forward pass, before any of them is written, which the same model does not learn in the same
 budget, so trained on right answers alone it picks a number about at random. A wrong pick shows
-itself one sum before the end, where the number's last digit cannot bring the sum to the target:
-so a model that writes a number's sums, deletes them there and tries the next label, finds the
-answer, as on `path_star` (the same training pieces, `training.wrong_branches`; no lookups).
+itself at the answer's last sum, which is not the target: so a model that writes a number's
+sums, deletes them where the last one misses and tries the next label finds the answer, as on
+`path_star` (the same training pieces, `training.wrong_branches`; no lookups to learn).
 
 One token per character in the character tokenizer. The train and held-out splits never share a
 prompt.
@@ -97,17 +97,12 @@ def read_numbers(prompt: str) -> tuple[dict[str, str], str] | None:
 
 
 def wrong_answers(prompt: str, answer: str) -> list[str] | None:
-    """Every other number's answer up to where it shows itself wrong: its label and its running
-    sums but the last, after which no digit of the number brings the sum to the target. None when
-    `prompt` is not this task's or `answer` is not one of its numbers.
-
-    Stopping one sum early is what makes the dead end a check the model must compute: were the
-    walk to write its last sum, the right answers' last sum (always the target, in the prompt)
-    would teach copying the target there, and a model that copies never sees the miss."""
+    """What the answer would be for every other number (each ends in a sum that is not the
+    target); None when `prompt` is not this task's or `answer` is not one of its numbers."""
     read = read_numbers(prompt)
     if read is None:
         return None
     candidates = [answer_for(label, number) for label, number in read[0].items()]
     if answer not in candidates:
         return None
-    return [candidate[:-1] for candidate in candidates if candidate != answer]
+    return [candidate for candidate in candidates if candidate != answer]

@@ -38,9 +38,8 @@ def test_a_checksum_answer_is_the_one_number_whose_digits_sum_to_the_target(bran
     )  # each step one addition of the sum so far and the next digit
     wrong = wrong_answers(problem.prompt, problem.response)
     assert sorted(a[0] for a in wrong) == sorted(set(numbers) - {label})
-    for walk in wrong:  # another number's sums, up to where its last digit cannot reach t
-        full = walk[0] + running_sums(numbers[walk[0]])
-        assert walk == full[:-1] and full[-1] != target
+    for walk in wrong:  # another number's sums, the last one not the target
+        assert walk == walk[0] + running_sums(numbers[walk[0]]) and walk[-1] != target
     assert wrong_answers("chat text " + problem.prompt + " more", problem.response) == wrong
 
 
@@ -70,8 +69,6 @@ def test_search_fields_that_do_not_fit_the_task_fail_naming_the_field():
 
 
 def test_a_wrong_branch_is_another_numbers_running_sums_planted_as_a_trace(char_tokenizer):
-    """Label and sums but the last: the dead end is where the next digit cannot reach the
-    target, so BT there is a check to compute, not a copy of the target."""
     task = ChecksumTask(4, 3, seed=1)
     problem = task.problem(*task.numbers(random.Random(1)))
     example = encode(PromptEncoder(char_tokenizer), problem)
@@ -79,7 +76,7 @@ def test_a_wrong_branch_is_another_numbers_running_sums_planted_as_a_trace(char_
     planted = {planter.plant(example, random.Random(seed)) for seed in range(60)}
     walked = {char_tokenizer.decode(list(p.errors)) for p in planted}
     assert walked == set(wrong_answers(problem.prompt, problem.response))
-    assert all(p.split == 0 and p.trace and len(p.errors) == 3 for p in planted)
+    assert all(p.split == 0 and p.trace and len(p.errors) == 4 for p in planted)
 
 
 def test_the_committed_search_config_trains_checksum_with_wrong_branches():
