@@ -25,7 +25,7 @@ import string
 from dataclasses import dataclass
 from itertools import accumulate
 
-from training.problem import Problem
+from training.problem import Problem, disjoint_splits
 
 LABELS = string.ascii_lowercase
 QUERY_PATTERN = re.compile(r"(?P<numbers>(?:[a-z]\d+ )+)=(?P<target>\d):")
@@ -66,19 +66,10 @@ class ChecksumTask:
         return Problem(f"{listed}={target}:", answer_for(LABELS[right], numbers[right]))
 
     def splits(self, train_size: int, eval_size: int) -> tuple[list[Problem], list[Problem]]:
-        """Disjoint (train, eval) lists, the same for the same seed; the held-out prompts are
-        drawn first, so they do not depend on `train_size`."""
-        rng = random.Random(self.seed)
-        held_out: dict[str, Problem] = {}
-        while len(held_out) < eval_size:
-            problem = self.problem(*self.numbers(rng))
-            held_out[problem.prompt] = problem
-        train: list[Problem] = []
-        while len(train) < train_size:
-            problem = self.problem(*self.numbers(rng))
-            if problem.prompt not in held_out:
-                train.append(problem)
-        return train, sorted(held_out.values(), key=lambda problem: problem.prompt)
+        """Disjoint (train, eval) lists, the same for the same seed (`disjoint_splits`)."""
+        return disjoint_splits(
+            lambda rng: self.problem(*self.numbers(rng)), self.seed, train_size, eval_size
+        )
 
 
 def answer_for(label: str, number: str) -> str:

@@ -26,7 +26,7 @@ import re
 import string
 from dataclasses import dataclass
 
-from training.problem import Problem
+from training.problem import Problem, disjoint_splits
 
 LABELS = string.ascii_lowercase
 EDGES, EDGE_SEPARATOR, QUERY = "edges:", ",", ". path from {start} to {goal}:"
@@ -83,19 +83,10 @@ class PathStarTask:
         return Problem(prompt, spaced(graph.arms[graph.goal_arm]))
 
     def splits(self, train_size: int, eval_size: int) -> tuple[list[Problem], list[Problem]]:
-        """Disjoint (train, eval) lists, the same for the same seed; the held-out graphs are
-        drawn first, so they do not depend on `train_size`."""
-        rng = random.Random(self.seed)
-        held_out: dict[str, Problem] = {}
-        while len(held_out) < eval_size:
-            problem = self.problem(*self.graph(rng))
-            held_out[problem.prompt] = problem
-        train: list[Problem] = []
-        while len(train) < train_size:
-            problem = self.problem(*self.graph(rng))
-            if problem.prompt not in held_out:
-                train.append(problem)
-        return train, sorted(held_out.values(), key=lambda problem: problem.prompt)
+        """Disjoint (train, eval) lists, the same for the same seed (`disjoint_splits`)."""
+        return disjoint_splits(
+            lambda rng: self.problem(*self.graph(rng)), self.seed, train_size, eval_size
+        )
 
 
 def spaced(nodes: str) -> str:
