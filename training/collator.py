@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from training.data import Example
-from training.errors import Injector
+from training.errors import Injection, Injector
 from training.objectives import IGNORE, Layout, layout
 
 
@@ -50,6 +50,8 @@ class BacktrackCollator:
     objective: str = "rewind"
     injector: Injector | None = None
     max_length: int | None = None
+    goal_unlearned: bool = False
+    """No loss on the right answer's last token before EOS (`data.goal_unlearned`)."""
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         layouts = [self._layout(example) for example in examples]
@@ -59,10 +61,25 @@ class BacktrackCollator:
         injection = None
         if self.injector is not None:
             example, injection = self.injector.choose(example)
+        return self._layout_of(example, injection)
+
+    def _layout_of(self, example: Example, injection: Injection | None) -> Layout:
         result = layout(example, injection, self.objective, self.backtrack_id)
+        if self.goal_unlearned:
+            result = unlearn_goal(result, example)
         if self.max_length is not None and len(result.input_ids) > self.max_length:
             result = truncate(result, self.max_length)
         return result
+
+
+def unlearn_goal(item: Layout, example: Example) -> Layout:
+    """`item` without the target of the answer's last token before EOS. Every layout ends in
+    the right answer's tail (`... goal EOS`), so that target is the third from the end."""
+    response = example.response_ids
+    if len(response) < 2 or len(item.targets) < 3 or item.targets[-3] != response[-2]:
+        return item
+    targets = [*item.targets[:-3], IGNORE, *item.targets[-2:]]
+    return Layout(item.input_ids, targets, item.position_ids, item.hidden)
 
 
 def truncate(item: Layout, length: int) -> Layout:

@@ -78,6 +78,11 @@ class DataConfig:
     branch_length: int = 4
     """`path_star`: the nodes on each arm (the answer's length); `checksum`: each number's
     digits."""
+    goal_unlearned: bool = False
+    """`path_star`, `checksum`: no loss on a right answer's last token, the goal the prompt
+    states (the goal node, the target). Learned, it teaches copying the goal into any walk, whose
+    dead end then looks like the goal and is never deleted; unlearned, the last token is learned
+    only where it must be worked out: in the wrong walks (`backtrack.wrong_branch_share`)."""
     train_file: str | None = None
     """JSONL with `prompt`/`response` or GSM8K's `question`/`answer` on every line."""
     eval_file: str | None = None
@@ -239,6 +244,11 @@ class Config:
             bt.wrong_branch_share == 0 or self.data.task in SEARCH_TASKS,
             "backtrack.wrong_branch_share",
             f"0 unless data.task is one of {', '.join(SEARCH_TASKS)}",
+        )
+        _require(
+            not self.data.goal_unlearned or self.data.task in SEARCH_TASKS,
+            "data.goal_unlearned",
+            f"false unless data.task is one of {', '.join(SEARCH_TASKS)}",
         )
         _require(0 <= bt.fallback_share < 0.5, "backtrack.fallback_share", "in [0, 0.5)")
         _require(0 <= bt.on_policy.share <= 1, "backtrack.on_policy.share", "in [0, 1]")

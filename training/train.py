@@ -209,7 +209,9 @@ def _on_policy(
 def _collator(config: Config, start: StartingPoint, injector: Injector | None) -> BacktrackCollator:
     pad_id = start.tokenizer.pad_token_id
     objective, length = config.backtrack.objective, config.data.max_length
-    return BacktrackCollator(start.backtrack_id, pad_id, objective, injector, length)
+    return BacktrackCollator(
+        start.backtrack_id, pad_id, objective, injector, length, config.data.goal_unlearned
+    )
 
 
 def _injector(

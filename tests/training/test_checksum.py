@@ -120,3 +120,34 @@ def test_compare_counts_an_answer_that_left_a_wrong_branch_as_repaired(char_toke
     assert compare.summarise("bt", answers, subject).repaired == 1.0
     answers = [compare.Answer("b054", 4, 0, 0, strayed=False)]
     assert compare.summarise("bt", answers, subject).repaired == 0.0
+
+
+def test_an_unlearned_goal_is_never_a_target_of_a_right_answer_but_stays_in_the_wrong_walks(
+    char_tokenizer, backtrack_id
+):
+    """`data.goal_unlearned`: a right answer's last sum is the target the prompt states, so
+    learning it teaches copying; it loses its loss there, while a wrong walk's last sum (worked
+    out, never the target) and the EOS after the right one keep theirs."""
+    from training.collator import BacktrackCollator
+    from training.errors import Injection
+    from training.objectives import IGNORE, layout
+
+    problem = ChecksumTask(3, 3, 0).problem(["111", "059", "222"], 1)  # target 4, answer b054
+    example = encode(PromptEncoder(char_tokenizer), problem)
+    *_, four, eos = example.response_ids
+    walk = tuple(char_tokenizer.encode("a123", add_special_tokens=False))
+    for injection in (None, Injection(0, walk, trace=True)):
+        for objective in ("rewind", "masked"):
+            full = layout(example, injection, objective, backtrack_id)
+            collator = BacktrackCollator(backtrack_id, 0, objective, goal_unlearned=True)
+            unlearned = collator._layout_of(example, injection)
+            pairs = zip(full.targets, unlearned.targets, strict=True)
+            changed = [i for i, (a, b) in enumerate(pairs) if a != b]
+            assert [full.targets[i] for i in changed] == [four]  # only the right answer's goal
+            assert [unlearned.targets[i] for i in changed] == [IGNORE]
+            assert unlearned.targets[-2] == eos and unlearned.input_ids == full.input_ids
+            if injection is not None:  # the wrong walk's last sum, 3, is still learned
+                assert walk[-1] in unlearned.targets
+
+    with pytest.raises(ConfigError, match=r"data\.goal_unlearned"):
+        load_config(None, ["data.task=addition", "data.goal_unlearned=true"])
