@@ -82,7 +82,8 @@ class DataConfig:
     """`path_star`, `checksum`: no loss on a right answer's last token, the goal the prompt
     states (the goal node, the target). Learned, it teaches copying the goal into any walk, whose
     dead end then looks like the goal and is never deleted; unlearned, the last token is learned
-    only where it must be worked out: in the wrong walks (`backtrack.wrong_branch_share`)."""
+    only where it must be worked out: in the wrong walks (`backtrack.wrong_branch_share`). Plain
+    SFT (`backtrack.use_backtrack=false`) walks none, so there it has no effect."""
     train_file: str | None = None
     """JSONL with `prompt`/`response` or GSM8K's `question`/`answer` on every line."""
     eval_file: str | None = None

@@ -209,9 +209,9 @@ def _on_policy(
 def _collator(config: Config, start: StartingPoint, injector: Injector | None) -> BacktrackCollator:
     pad_id = start.tokenizer.pad_token_id
     objective, length = config.backtrack.objective, config.data.max_length
-    return BacktrackCollator(
-        start.backtrack_id, pad_id, objective, injector, length, config.data.goal_unlearned
-    )
+    # plain SFT walks no wrong branch: its right answers are the only place it learns the goal
+    unlearned = config.data.goal_unlearned and config.backtrack.use_backtrack
+    return BacktrackCollator(start.backtrack_id, pad_id, objective, injector, length, unlearned)
 
 
 def _injector(

@@ -151,3 +151,15 @@ def test_an_unlearned_goal_is_never_a_target_of_a_right_answer_but_stays_in_the_
 
     with pytest.raises(ConfigError, match=r"data\.goal_unlearned"):
         load_config(None, ["data.task=addition", "data.goal_unlearned=true"])
+    assert load_config(CONFIGS / "self_correction.yaml", []).data.goal_unlearned
+
+    from types import SimpleNamespace
+
+    from training import train
+
+    start = SimpleNamespace(backtrack_id=backtrack_id, tokenizer=char_tokenizer)
+    for use_backtrack, unlearned in (("true", True), ("false", False)):
+        config = load_config(
+            CONFIGS / "self_correction.yaml", [f"backtrack.use_backtrack={use_backtrack}"]
+        )  # plain SFT walks no wrong branch: its right answers are where it learns the goal
+        assert train._collator(config, start, None).goal_unlearned is unlearned
